@@ -1,0 +1,1 @@
+"""Client entry points (Flower ClientApp for `flwr run .`)."""

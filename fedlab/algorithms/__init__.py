@@ -1,0 +1,1 @@
+"""Federated learning algorithms on updates (numpy only: no torch, no flwr)."""

@@ -1,0 +1,41 @@
+"""Federated averaging of additive updates (McMahan et al. 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedlab.core.update import Update, weighted_mean
+
+
+def apply_fedavg(global_weights: Sequence[np.ndarray], updates: Sequence[Update]) -> list[np.ndarray]:
+    """Return the new global weights: the old ones plus the weighted mean of the deltas.
+
+    Each update carries a delta (local weights minus the global weights it was trained
+    from) and its weight (FedAvg weights by number of examples).
+
+    Args:
+        global_weights: The global model the clients started from.
+        updates: The clients' deltas, at least one.
+
+    Returns:
+        New global weights, float32.
+
+    Raises:
+        ValueError: If there are no updates or their shapes do not match the model.
+
+    >>> g = [np.zeros(2, dtype=np.float32)]
+    >>> u = [Update((np.array([1.0, 2.0]),), num_examples=1, weight=1.0),
+    ...      Update((np.array([3.0, 2.0]),), num_examples=3, weight=3.0)]
+    >>> apply_fedavg(g, u)[0].tolist()
+    [2.5, 2.0]
+
+    """
+    mean = weighted_mean(list(updates))
+    if [m.shape for m in mean] != [np.shape(g) for g in global_weights]:
+        raise ValueError("update shapes do not match the global model")
+    return [
+        (np.asarray(g, dtype=np.float64) + m).astype(np.float32)
+        for g, m in zip(global_weights, mean, strict=True)
+    ]

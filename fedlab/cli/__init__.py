@@ -1,0 +1,1 @@
+"""The ``fedlab`` command (typer + rich): simulate, privacy tools, plots."""

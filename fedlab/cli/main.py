@@ -1,0 +1,171 @@
+"""The ``fedlab`` command line.
+
+Every user error (bad config, missing file, unreadable ledger) ends with one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedlab.core.config import RunConfig, load_config
+from fedlab.core.errors import ConfigError, FedlabError
+from fedlab.core.metrics import RoundObserver, SilentObserver
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Private federated learning.",
+)
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets: ledgers, epsilon, calibration.")
+app.add_typer(privacy_app, name="privacy")
+
+USER_ERROR = 2
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; a FedlabError becomes one line on stderr and exit code 2."""
+    try:
+        return action()
+    except FedlabError as exc:
+        _fail(str(exc))
+
+
+def fresh_run_dir(config: RunConfig, out: Path | None) -> Path:
+    """The run directory: ``out`` (which must not hold a run) or a new one under ``runs/``."""
+    if out is not None:
+        if (out / "ledger.sqlite").exists():
+            raise ConfigError(f"--out {out}: already holds a run (ledger.sqlite); choose a new directory")
+        return out
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.run.name}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def _check_data(config: RunConfig) -> None:
+    from fedlab.data.federated import build_federated_data, check_batch_size
+
+    check_batch_size(build_federated_data(config.data, seed=config.run.seed), config.train.batch_size)
+
+
+def _print_summary(console: Console, summary: Mapping[str, Any]) -> None:
+    table = Table(title=f"fedlab run {summary['run_name']}", show_header=False)
+    table.add_row("rounds", f"{summary['rounds_completed']} / {summary['rounds_planned']}")
+    table.add_row("test accuracy", f"{summary['accuracy']:.4f}" if summary["accuracy"] is not None else "-")
+    if summary["dp_mode"] == "none":
+        table.add_row("privacy", "none (epsilon = infinity)")
+    else:
+        table.add_row("delta", f"{summary['delta']:g}")
+        table.add_row("epsilon max / mean", f"{summary['epsilon_max']:.3f} / {summary['epsilon_mean']:.3f}")
+        per_client = ", ".join(f"{k}: {v:.2f}" for k, v in summary["client_epsilons"].items())
+        table.add_row("epsilon per client", per_client)
+    table.add_row("seconds", f"{summary['seconds']:.1f}")
+    table.add_row("results", str(summary["run_dir"]))
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.toml", help="A fedlab TOML config.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: a new one under runs/).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar (for scripts).")] = False,
+) -> None:
+    """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
+    config = _guarded(lambda: load_config(config_path, overrides or []))
+    _guarded(lambda: _check_data(config))
+    run_dir = _guarded(lambda: fresh_run_dir(config, out))
+    console = Console()
+    console.print(f"run directory: {run_dir}", highlight=False)
+    from fedlab.cli.plots import write_run_plots
+    from fedlab.cli.progress import RichRoundProgress
+    from fedlab.sim.flower_runner import simulate_with_flower
+
+    observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
+    summary = _guarded(lambda: simulate_with_flower(config, run_dir, observer))
+    write_run_plots(run_dir)
+    if not quiet:
+        _print_summary(console, summary)
+    console.print(f"results written to {run_dir}", highlight=False)
+
+
+def _ledger_table(console: Console, summary: Mapping[str, Any]) -> None:
+    console.print(
+        f"run {summary['run_name']}: {summary['rounds_committed']} rounds committed, "
+        f"delta {summary['delta']:g}",
+        highlight=False,
+    )
+    table = Table(title="client spending")
+    for column in ("client", "rounds", "steps", "epsilon", "last round"):
+        table.add_column(column)
+    for c in summary["clients"]:
+        eps = c["epsilon"]
+        eps_text = (
+            "inf (no DP)" if eps is None or (isinstance(eps, float) and math.isinf(eps)) else f"{eps:.4f}"
+        )
+        table.add_row(
+            str(c["client_id"]), str(c["rounds"]), str(c["total_steps"]), eps_text, str(c["last_round"])
+        )
+    console.print(table)
+    for f in summary.get("federation", []):
+        console.print(f"federation ({f['mechanism']}): epsilon {f['epsilon']:.4f}", highlight=False)
+
+
+@privacy_app.command("ledger")
+def privacy_ledger(
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A run directory holding ledger.sqlite.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Print what each client and the federation have spent, from the run's ledger."""
+    from fedlab.privacy.ledger import read_ledger_summary
+
+    path = run_dir / "ledger.sqlite" if run_dir.is_dir() else run_dir
+    summary = _guarded(lambda: read_ledger_summary(path))
+    if as_json:
+        sys.stdout.write(json.dumps(_finite_or_null(summary)) + "\n")
+    else:
+        _ledger_table(Console(), summary)
+
+
+def _finite_or_null(value: Any) -> Any:
+    """Replace inf/nan (a noiseless release's epsilon) by None so the output is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def main() -> None:
+    """Entry point of the ``fedlab`` console script."""
+    app()

@@ -1,0 +1,1 @@
+"""Shared types for every layer: the additive update, errors and configuration."""

@@ -1,0 +1,331 @@
+"""Run configuration: parsed once at the edge into frozen, validated dataclasses.
+
+A config is a TOML file with one table per section (``[run]``, ``[data]``,
+``[model]``, ``[train]``, ``[dp]``, ``[server]``, ``[simulation]``). Every key is
+checked when read: unknown keys, wrong types and out-of-range values raise
+:class:`~fedlab.core.errors.ConfigError` with a one-line message naming the key.
+Below the edge nothing reads raw dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedlab.core.errors import ConfigError
+
+DATASETS = ("digits", "synthetic", "files")
+PARTITIONERS = ("iid", "dirichlet", "shards")
+MODELS = ("logreg", "mlp", "cnn")
+OPTIMIZERS = ("sgd", "adam")
+DP_MODES = ("none", "dpsgd")
+CLIENT_ACCOUNTANTS = ("rdp", "prv")
+BACKENDS = ("flower",)
+
+
+def _fail(key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{key}: {problem}")
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise _fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_min(key: str, value: float, low: float, *, inclusive: bool = True) -> None:
+    if math.isnan(value) or (value < low if inclusive else value <= low):
+        op = ">=" if inclusive else ">"
+        raise _fail(key, f"must be {op} {low:g}; got {value!r}")
+
+
+def _check_open_unit(key: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise _fail(key, f"must be in (0, 1); got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Identity and length of a run."""
+
+    name: str = "fedlab"
+    seed: int = 0
+    rounds: int = 10
+
+    def __post_init__(self) -> None:
+        _check_min("run.rounds", self.rounds, 1)
+        _check_min("run.seed", self.seed, 0)
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Which data set, how it is split among clients and held out for testing."""
+
+    dataset: str = "digits"
+    path: str = ""
+    label_column: str = "label"
+    partitioner: str = "iid"
+    num_clients: int = 10
+    dirichlet_alpha: float = 0.5
+    shards_per_client: int = 2
+    min_partition_size: int = 10
+    test_fraction: float = 0.2
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    synthetic_mean_samples: int = 100
+
+    def __post_init__(self) -> None:
+        _check_choice("data.dataset", self.dataset, DATASETS)
+        _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
+        _check_min("data.num_clients", self.num_clients, 1)
+        _check_min("data.dirichlet_alpha", self.dirichlet_alpha, 0.0, inclusive=False)
+        _check_min("data.shards_per_client", self.shards_per_client, 1)
+        _check_min("data.min_partition_size", self.min_partition_size, 1)
+        _check_open_unit("data.test_fraction", self.test_fraction)
+        _check_min("data.synthetic_alpha", self.synthetic_alpha, 0.0)
+        _check_min("data.synthetic_beta", self.synthetic_beta, 0.0)
+        _check_min("data.synthetic_mean_samples", self.synthetic_mean_samples, 1)
+        if self.dataset == "files":
+            if not self.path:
+                raise _fail("data.path", "required when data.dataset = 'files'")
+            if not Path(self.path).exists():
+                raise _fail("data.path", f"does not exist: {self.path}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The neural network every client trains."""
+
+    kind: str = "cnn"
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        _check_choice("model.kind", self.kind, MODELS)
+        _check_min("model.hidden", self.hidden, 1)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Local training on each client."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    device: str = "auto"
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        _check_min("train.local_epochs", self.local_epochs, 1)
+        _check_min("train.batch_size", self.batch_size, 1)
+        _check_min("train.lr", self.lr, 0.0, inclusive=False)
+        if not 0.0 <= self.momentum < 1.0:
+            raise _fail("train.momentum", f"must be in [0, 1); got {self.momentum!r}")
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise _fail("train.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        _check_min("train.eval_batch_size", self.eval_batch_size, 1)
+
+
+@dataclass(frozen=True)
+class DpSection:
+    """Differential privacy. ``mode = "dpsgd"`` is sample-level DP-SGD on each client.
+
+    With ``dpsgd`` exactly one of ``noise_multiplier`` and ``target_epsilon`` is set;
+    a target epsilon is turned into a noise multiplier for the planned rounds.
+    """
+
+    mode: str = "none"
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        _check_choice("dp.mode", self.mode, DP_MODES)
+        if self.noise_multiplier is not None:
+            _check_min("dp.noise_multiplier", self.noise_multiplier, 0.0)
+        if self.target_epsilon is not None:
+            _check_min("dp.target_epsilon", self.target_epsilon, 0.0, inclusive=False)
+        _check_min("dp.max_grad_norm", self.max_grad_norm, 0.0, inclusive=False)
+        _check_open_unit("dp.delta", self.delta)
+        _check_choice("dp.accountant", self.accountant, CLIENT_ACCOUNTANTS)
+        if self.mode == "dpsgd":
+            given = [self.noise_multiplier is not None, self.target_epsilon is not None]
+            if sum(given) != 1:
+                raise _fail(
+                    "dp.noise_multiplier",
+                    "set exactly one of dp.noise_multiplier and dp.target_epsilon with dp.mode = 'dpsgd'",
+                )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any differential privacy is applied."""
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """Server-side round settings."""
+
+    fraction_train: float = 1.0
+    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise _fail("server.fraction_train", f"must be in (0, 1]; got {self.fraction_train!r}")
+        _check_min("server.timeout", self.timeout, 0.0, inclusive=False)
+
+
+@dataclass(frozen=True)
+class SimulationSection:
+    """How the simulation engine runs the virtual clients."""
+
+    backend: str = "flower"
+    num_cpus_per_client: float = 1.0
+    num_gpus_per_client: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check_choice("simulation.backend", self.backend, BACKENDS)
+        _check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
+        _check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole, validated run configuration."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    dp: DpSection = field(default_factory=DpSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    simulation: SimulationSection = field(default_factory=SimulationSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return the config as nested plain dicts, omitting unset optional values."""
+        return {
+            f.name: {k: v for k, v in dataclasses.asdict(getattr(self, f.name)).items() if v is not None}
+            for f in dataclasses.fields(self)
+        }
+
+    def replace(self, **sections: Any) -> RunConfig:
+        """Return a copy with whole sections replaced (each section is re-validated)."""
+        return dataclasses.replace(self, **sections)
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in (f.name for f in dataclasses.fields(RunConfig))}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type annotation, accepting int for float."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
+    raise _fail(key, f"must be of type {names}; got {type(value).__name__} {value!r}")
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, Mapping):
+        raise _fail(name, f"must be a table; got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise _fail(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested dict (as read from TOML) into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: On an unknown section or key, a wrong type or a bad value.
+
+    """
+    sections = _section_types()
+    built: dict[str, Any] = {}
+    for name, table in raw.items():
+        if name not in sections:
+            raise _fail(name, f"unknown section (known: {', '.join(sections)})")
+        built[name] = _build_section(name, sections[name], table)
+    return RunConfig(**built)
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    dotted, text = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``section.key=value`` overrides applied.
+
+    Values are read as TOML literals (``0.5``, ``true``, ``"x"``); anything that is
+    not a TOML literal is taken as a string.
+
+    >>> apply_overrides({"run": {"rounds": 3}}, ["run.rounds=5", "model.kind=mlp"])
+    {'run': {'rounds': 5}, 'model': {'kind': 'mlp'}}
+    """
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise _fail(section, "must be a table")
+        table[key] = value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file, turning a missing or malformed file into a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read, override and validate a TOML run configuration.
+
+    Args:
+        path: The TOML file.
+        overrides: ``section.key=value`` strings applied after reading.
+
+    Raises:
+        ConfigError: If the file is missing or any key is invalid.
+
+    """
+    return config_from_dict(apply_overrides(read_toml(path), overrides))

@@ -1,0 +1,21 @@
+"""Errors that fedlab reports to a user as one line, never as a traceback."""
+
+
+class FedlabError(Exception):
+    """Base class of every error fedlab reports as a one-line message."""
+
+
+class ConfigError(FedlabError):
+    """A configuration file, key or value is invalid."""
+
+
+class DataError(FedlabError):
+    """A data set cannot be loaded or partitioned as configured."""
+
+
+class LedgerError(FedlabError):
+    """The privacy ledger is missing, unreadable or inconsistent."""
+
+
+class BudgetExhaustedError(FedlabError):
+    """A release would spend more privacy budget than allowed."""

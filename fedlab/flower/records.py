@@ -1,0 +1,115 @@
+"""Conversions between fedlab types and Flower Message-API records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedlab.core.update import Update
+
+ARRAYS = "arrays"
+METRICS = "metrics"
+CONFIG = "config"
+CLIENT = "client"
+NOT_PRIVATE = math.inf
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one client sent back after a training round.
+
+    Attributes:
+        client_id: The client's stable identity (partition id in simulation).
+        update: The client's delta and its weight.
+        train_loss: Mean local training loss.
+        epsilon: The client's cumulative epsilon at the run's delta (inf if not private).
+        noise_multiplier: DP-SGD noise multiplier used (0 without DP).
+        sample_rate: Poisson sampling rate of its DP-SGD steps (0 without DP).
+        steps: Optimizer steps taken this round.
+
+    """
+
+    client_id: str
+    update: Update
+    train_loss: float
+    epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def train_reply_content(report: TrainReport) -> RecordDict:
+    """Pack a client's train report into the content of its reply message."""
+    metrics = MetricRecord(
+        {
+            "num-examples": report.update.num_examples,
+            "train-loss": report.train_loss,
+            "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
+            "noise-multiplier": report.noise_multiplier,
+            "sample-rate": report.sample_rate,
+            "steps": report.steps,
+        }
+    )
+    return RecordDict(
+        {
+            ARRAYS: ArrayRecord([np.asarray(a) for a in report.update.arrays]),
+            METRICS: metrics,
+            CLIENT: ConfigRecord({"client-id": report.client_id}),
+        }
+    )
+
+
+def _metric(metrics: MetricRecord, key: str) -> float:
+    value = metrics[key]
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"metric {key!r} must be a number")
+    return float(value)
+
+
+def train_report_from_content(content: RecordDict) -> TrainReport:
+    """Unpack a client's train reply; raises ValueError/KeyError on a malformed reply."""
+    metrics = content.metric_records[METRICS]
+    arrays = tuple(content.array_records[ARRAYS].to_numpy_ndarrays())
+    num_examples = int(_metric(metrics, "num-examples"))
+    if num_examples < 1:
+        raise ValueError("num-examples must be >= 1")
+    epsilon = _metric(metrics, "epsilon")
+    return TrainReport(
+        client_id=str(content.config_records[CLIENT]["client-id"]),
+        update=Update(arrays=arrays, num_examples=num_examples, weight=float(num_examples)),
+        train_loss=_metric(metrics, "train-loss"),
+        epsilon=NOT_PRIVATE if epsilon < 0 else epsilon,
+        noise_multiplier=_metric(metrics, "noise-multiplier"),
+        sample_rate=_metric(metrics, "sample-rate"),
+        steps=int(_metric(metrics, "steps")),
+    )
+
+
+def split_replies(replies: Iterable[Message]) -> tuple[list[TrainReport], list[str]]:
+    """Decode valid train replies and describe the failed or malformed ones.
+
+    Returns:
+        The decoded reports and one reason string per failure.
+
+    """
+    reports: list[TrainReport] = []
+    failures: list[str] = []
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            failures.append(f"node {node}: {msg.error.reason}")
+            continue
+        try:
+            reports.append(train_report_from_content(msg.content))
+        except (KeyError, ValueError, TypeError) as exc:
+            failures.append(f"node {node}: malformed reply ({exc})")
+    return reports, failures
+
+
+def arrays_record(weights: Sequence[np.ndarray]) -> ArrayRecord:
+    """Wrap model weights into an ArrayRecord."""
+    return ArrayRecord([np.asarray(w) for w in weights])

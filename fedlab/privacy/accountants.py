@@ -1,0 +1,333 @@
+"""Privacy accountants: compose :class:`GaussianEvent` records, report (epsilon, delta).
+
+Both accountants delegate the mathematics to Google's ``dp_accounting``, the
+independent reference:
+
+- :class:`PldAccountant` (the default) uses privacy loss distributions. It is
+  tight up to its discretization, which is *pessimistic* by construction: the
+  reported epsilon is an upper bound that shrinks towards the exact value as
+  ``value_discretization_interval`` shrinks.
+- :class:`RdpAccountant` uses Rényi DP over a fine grid of orders with the
+  improved RDP-to-DP conversion (Balle et al. 2020, as in Opacus). It is fast and
+  always an upper bound, but looser: 4-12% in common settings and about 3x in the
+  small-epsilon cross-device regime.
+
+An accountant keeps the full history of events it composed (its audit record);
+``state_dict()`` is JSON-serializable and ``load_state_dict()`` restores it.
+Events with the same noise multiplier and sample rate are merged (steps summed)
+before accounting: composition is commutative, so this changes no guarantee and
+makes the cost independent of the number of rounds. Float arguments are
+keyword-only, so epsilon and delta can never be swapped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from fedlab.privacy.events import GaussianEvent
+
+ACCOUNTANTS: tuple[str, ...] = ("pld", "rdp")
+"""Names accepted by :func:`make_accountant`."""
+
+DEFAULT_PLD_DISCRETIZATION = 1e-4
+"""Default PLD ``value_discretization_interval``: within ~1e-4 of the exact epsilon."""
+
+RDP_ORDERS: tuple[float, ...] = (
+    tuple(round(1 + k / 20, 2) for k in range(1, 181))  # 1.05 .. 10.0
+    + tuple(round(10 + k / 10, 1) for k in range(1, 101))  # 10.1 .. 20.0
+    + tuple(20 + k / 2 for k in range(1, 89))  # 20.5 .. 64.0
+    + (72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024, 1280, 1536, 2048)
+)
+"""Rényi orders of :class:`RdpAccountant`: finer than Opacus' grid below 64 (the
+optimum often falls between integers) and integer orders up to 2048 for the
+small-epsilon regime (fractional orders that large do not converge)."""
+
+_STATE_VERSION = 1
+
+
+@runtime_checkable
+class Accountant(Protocol):
+    """What every accountant offers: compose events, report epsilon or delta, save/load."""
+
+    name: str
+
+    def compose(self, event: GaussianEvent) -> None:
+        """Adds one event to the history."""
+
+    def epsilon(self, *, delta: float) -> float:
+        """Returns the epsilon of everything composed so far at ``delta``."""
+
+    def delta(self, *, epsilon: float) -> float:
+        """Returns the delta of everything composed so far at ``epsilon``."""
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        """Returns every event composed so far, in order."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns the JSON-serializable state (name, version, events)."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replaces the history with the one saved in ``state``."""
+
+
+class _EventHistory:
+    """The part every dp_accounting-backed accountant shares: history, cache, state.
+
+    Subclasses set ``name`` and implement ``_build`` (a fresh dp_accounting
+    accountant); the built accountant is cached until the next ``compose``.
+    """
+
+    name: str = ""
+
+    def __init__(self) -> None:
+        self._events: list[GaussianEvent] = []
+        self._built: Any = None
+
+    def compose(self, event: GaussianEvent) -> None:
+        """Adds one event to the history.
+
+        Args:
+            event: The release to account for.
+
+        Raises:
+            TypeError: If ``event`` is not a :class:`GaussianEvent`.
+
+        """
+        if not isinstance(event, GaussianEvent):
+            raise TypeError(f"{self.name} accountant composes GaussianEvent, got {type(event).__name__}")
+        self._events.append(event)
+        self._built = None
+
+    def epsilon(self, *, delta: float) -> float:
+        """Returns the epsilon of everything composed so far.
+
+        Args:
+            delta: Target delta, in (0, 1).
+
+        Returns:
+            Epsilon (0.0 if nothing was composed, ``inf`` after a noiseless release).
+
+        """
+        _check_delta(delta)
+        if not self._events:
+            return 0.0
+        return max(0.0, float(self._accountant().get_epsilon(delta)))
+
+    def delta(self, *, epsilon: float) -> float:
+        """Returns the delta of everything composed so far.
+
+        Args:
+            epsilon: Target epsilon, finite and >= 0.
+
+        Returns:
+            Delta in [0, 1] (0.0 if nothing was composed).
+
+        """
+        _check_epsilon(epsilon)
+        if not self._events:
+            return 0.0
+        return min(1.0, max(0.0, float(self._accountant().get_delta(epsilon))))
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        """Returns every event composed so far, in order."""
+        return tuple(self._events)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns the JSON-serializable state: name, version, settings and events."""
+        return {
+            "accountant": self.name,
+            "version": _STATE_VERSION,
+            "settings": self._settings(),
+            "events": [event.to_dict() for event in self._events],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replaces the history (and settings) with the ones saved in ``state``.
+
+        Args:
+            state: Output of :meth:`state_dict` of an accountant of the same kind.
+
+        Raises:
+            ValueError: If ``state`` is malformed or from another kind of accountant.
+
+        """
+        events = _parse_state(state, name=self.name)
+        self._load_settings(state.get("settings", {}))
+        self._events = events
+        self._built = None
+
+    def _accountant(self) -> Any:
+        if self._built is None:
+            built = self._build()
+            built.compose(_to_dp_event(self._events))
+            self._built = built
+        return self._built
+
+    def _build(self) -> Any:  # pragma: no cover - always overridden
+        raise NotImplementedError
+
+    def _settings(self) -> dict[str, Any]:
+        return {}
+
+    def _load_settings(self, settings: Mapping[str, Any]) -> None:
+        del settings
+
+
+class PldAccountant(_EventHistory):
+    """Privacy-loss-distribution accountant (``dp_accounting`` PLD); tight, the default.
+
+    The discretization rounds pessimistically, so the reported epsilon never
+    under-states the true one. Cost: about 0.1-1 s per epsilon after a new
+    event at the default interval (cached between events).
+
+    Args:
+        value_discretization_interval: PLD grid step; smaller is tighter and slower.
+
+    Example:
+        >>> acc = PldAccountant()
+        >>> acc.compose(GaussianEvent(noise_multiplier=1.0, sample_rate=1e-3, steps=2000))
+        >>> round(acc.epsilon(delta=1e-6), 2)
+        0.25
+
+    """
+
+    name: str = "pld"
+
+    def __init__(self, *, value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION) -> None:
+        super().__init__()
+        self._interval = _check_interval(value_discretization_interval)
+
+    def _build(self) -> Any:
+        return pld_privacy_accountant.PLDAccountant(value_discretization_interval=self._interval)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"value_discretization_interval": self._interval}
+
+    def _load_settings(self, settings: Mapping[str, Any]) -> None:
+        self._interval = _check_interval(settings.get("value_discretization_interval", self._interval))
+
+
+class RdpAccountant(_EventHistory):
+    """Rényi-DP accountant (``dp_accounting`` RDP over :data:`RDP_ORDERS`).
+
+    Always an upper bound, looser than :class:`PldAccountant`; 10-200 ms per
+    epsilon after a new event (cached between events).
+
+    Example:
+        >>> acc = RdpAccountant()
+        >>> acc.compose(GaussianEvent(noise_multiplier=1.5, sample_rate=0.04, steps=2250))
+        >>> round(acc.epsilon(delta=1e-5), 2)
+        7.33
+
+    """
+
+    name: str = "rdp"
+
+    def _build(self) -> Any:
+        return rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
+
+
+def make_accountant(name: str) -> Accountant:
+    """Returns a new, empty accountant.
+
+    Args:
+        name: ``"pld"`` (tight, the default elsewhere) or ``"rdp"``.
+
+    Returns:
+        The accountant.
+
+    Raises:
+        ValueError: If ``name`` is not one of :data:`ACCOUNTANTS`.
+
+    Example:
+        >>> make_accountant("rdp").name
+        'rdp'
+
+    """
+    if name == "pld":
+        return PldAccountant()
+    if name == "rdp":
+        return RdpAccountant()
+    raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+
+
+def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str = "pld") -> float:
+    """Returns the epsilon of composing ``events`` at ``delta``.
+
+    Args:
+        events: The releases, in any order (composition is commutative).
+        delta: Target delta, in (0, 1).
+        accountant: ``"pld"`` or ``"rdp"``.
+
+    Returns:
+        Epsilon (0.0 for no events).
+
+    Example:
+        >>> e = GaussianEvent(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
+        >>> round(epsilon_of([e], delta=1e-5, accountant="rdp"), 2)
+        7.33
+
+    """
+    acc = make_accountant(accountant)
+    for event in events:
+        acc.compose(event)
+    return acc.epsilon(delta=delta)
+
+
+def _merged(events: Sequence[GaussianEvent]) -> list[GaussianEvent]:
+    """Merges events with equal (noise multiplier, sample rate), summing steps."""
+    steps: dict[tuple[float, float], int] = {}
+    for event in events:
+        key = (event.noise_multiplier, event.sample_rate)
+        steps[key] = steps.get(key, 0) + event.steps
+    return [GaussianEvent(noise_multiplier=z, sample_rate=q, steps=t) for (z, q), t in steps.items()]
+
+
+def _to_dp_event(events: Sequence[GaussianEvent]) -> Any:
+    """Translates events into one dp_accounting ``ComposedDpEvent``."""
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(
+                    e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)
+                ),
+                e.steps,
+            )
+            for e in _merged(events)
+        ]
+    )
+
+
+def _parse_state(state: Mapping[str, Any], *, name: str) -> list[GaussianEvent]:
+    if not isinstance(state, Mapping):
+        raise ValueError(f"accountant state must be a mapping; got {type(state).__name__}")
+    if state.get("accountant") != name:
+        raise ValueError(f"state is for accountant {state.get('accountant')!r}, not {name!r}")
+    if state.get("version") != _STATE_VERSION:
+        raise ValueError(f"unsupported accountant state version {state.get('version')!r}")
+    raw = state.get("events")
+    if not isinstance(raw, list | tuple):
+        raise ValueError("accountant state has no list of events")
+    return [GaussianEvent.from_dict(item) for item in raw]
+
+
+def _check_delta(delta: float) -> None:
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1); got {delta!r}")
+
+
+def _check_epsilon(epsilon: float) -> None:
+    if not (math.isfinite(epsilon) and epsilon >= 0.0):
+        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
+
+
+def _check_interval(interval: float) -> float:
+    if not (isinstance(interval, int | float) and math.isfinite(interval) and 0.0 < interval <= 0.1):
+        raise ValueError(f"value_discretization_interval must be in (0, 0.1]; got {interval!r}")
+    return float(interval)

@@ -1,0 +1,44 @@
+"""Local PyTorch training for one federated client, optionally with DP-SGD (Opacus).
+
+Data comes in as numpy arrays (``x`` float32 ``(n, *feature_shape)``, ``y`` int64);
+weights go in and out as lists of float32 arrays in ``state_dict`` order; the update
+is a :class:`fedlab.core.update.Update` holding the delta. Privacy spending is an
+Opacus accountant history (:class:`PrivacyStep` entries) carried by the caller.
+
+This package imports torch, opacus, numpy and :mod:`fedlab.core` only, keeps no
+module-level mutable state and draws every random number from an explicit
+generator derived from a seed the caller passes in.
+"""
+
+from fedlab.training.accounting import (
+    PrivacyStep,
+    epsilon_from_history,
+    noise_multiplier_for_epsilon,
+)
+from fedlab.training.device import resolve_device
+from fedlab.training.local import (
+    DpSgdSpec,
+    LocalTrainer,
+    OptimSpec,
+    TrainResult,
+    evaluate,
+    poisson_plan,
+)
+from fedlab.training.models import MODEL_KINDS, build_model, get_weights, set_weights
+
+__all__ = [
+    "MODEL_KINDS",
+    "DpSgdSpec",
+    "LocalTrainer",
+    "OptimSpec",
+    "PrivacyStep",
+    "TrainResult",
+    "build_model",
+    "epsilon_from_history",
+    "evaluate",
+    "get_weights",
+    "noise_multiplier_for_epsilon",
+    "poisson_plan",
+    "resolve_device",
+    "set_weights",
+]

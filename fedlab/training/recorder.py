@@ -1,0 +1,209 @@
+"""Releasing a round's global model, in the order that keeps privacy state safe.
+
+:class:`RunRecorder` is transport-free: the Flower ServerApp and any in-process
+simulator use it the same way. For each round it
+
+1. commits the round's privacy spending to the ledger (one SQLite transaction),
+2. only then releases the new global model: evaluates it centrally, writes the
+   metrics line and the model file, and tells the observer.
+
+A crash between 1 and 2 loses a release, never a spend: the ledger may hold a round
+whose model was never written, but never a released model whose spending is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedlab.core.config import RunConfig
+from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
+from fedlab.data.types import ArrayDataset
+from fedlab.privacy.ledger import ClientSpend, PrivacyLedger
+from fedlab.training.local import evaluate
+from fedlab.training.models import set_weights
+
+LEDGER_FILE = "ledger.sqlite"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "model.npz"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class ClientRoundResult:
+    """One client's contribution to a round, as the server saw it."""
+
+    client_id: str
+    num_examples: int
+    train_loss: float
+    epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def _save_model_atomically(path: Path, weights: Sequence[np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, *weights)
+    os.replace(tmp, path)
+
+
+def _write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunRecorder:
+    """Keeps a run directory: ledger, metrics, model and summary.
+
+    Args:
+        run_dir: The run's directory (created; must not already hold a ledger).
+        config: The validated run configuration.
+        model: A model of the run's architecture, used for central evaluation.
+        test_set: The held-out central test set.
+        observer: Receives each released round (progress bar, logs).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        config: RunConfig,
+        model: torch.nn.Module,
+        test_set: ArrayDataset,
+        observer: RoundObserver,
+    ) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self._config = config
+        self._model = model
+        self._test = test_set
+        self._observer = observer
+        config_json = json.dumps(config.to_dict(), sort_keys=True)
+        (run_dir / CONFIG_FILE).write_text(config_json, encoding="utf-8")
+        self._ledger = PrivacyLedger.create(
+            run_dir / LEDGER_FILE, run_name=config.run.name, delta=config.dp.delta, config_json=config_json
+        )
+        self._epsilons: dict[str, float] = {}
+        self._history: list[RoundMetrics] = []
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        """Tell the observer the run begins."""
+        self._observer.on_start(self._config.run.rounds)
+
+    def release_round(
+        self,
+        round_num: int,
+        weights: Sequence[np.ndarray],
+        results: Sequence[ClientRoundResult],
+        *,
+        seconds: float,
+        extra: Mapping[str, float | int | str] | None = None,
+    ) -> RoundMetrics:
+        """Commit the round's privacy spending, then release and record its model."""
+        self._commit_spending(round_num, results)
+        for r in results:
+            self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
+        set_weights(self._model, weights)
+        loss, accuracy = evaluate(
+            self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
+        )
+        _save_model_atomically(self.run_dir / MODEL_FILE, weights)
+        metrics = self._round_metrics(round_num, loss, accuracy, results, seconds, extra or {})
+        append_metrics(self.run_dir / METRICS_FILE, metrics)
+        self._history.append(metrics)
+        self._observer.on_round(metrics)
+        return metrics
+
+    def _commit_spending(self, round_num: int, results: Sequence[ClientRoundResult]) -> None:
+        spends = [
+            ClientSpend(
+                client_id=r.client_id,
+                noise_multiplier=r.noise_multiplier,
+                sample_rate=r.sample_rate,
+                steps=r.steps,
+                epsilon=r.epsilon,
+            )
+            for r in results
+        ]
+        self._ledger.commit_round(round_num, spends)
+
+    def _round_metrics(
+        self,
+        round_num: int,
+        loss: float,
+        accuracy: float,
+        results: Sequence[ClientRoundResult],
+        seconds: float,
+        extra: Mapping[str, float | int | str],
+    ) -> RoundMetrics:
+        total = sum(r.num_examples for r in results)
+        train_loss = sum(r.train_loss * r.num_examples for r in results) / total if total else math.nan
+        eps = list(self._epsilons.values())
+        return RoundMetrics(
+            round=round_num,
+            accuracy=accuracy,
+            loss=loss,
+            train_loss=train_loss,
+            epsilon_max=max(eps) if eps else math.nan,
+            epsilon_mean=float(np.mean(eps)) if eps else math.nan,
+            clients=len(results),
+            seconds=seconds,
+            extra=extra,
+        )
+
+    def finish(self, *, stopped_because: str = "completed all rounds") -> dict[str, Any]:
+        """Write ``summary.json``, close the ledger and return the summary."""
+        last = self._history[-1] if self._history else None
+        summary: dict[str, Any] = {
+            "run_name": self._config.run.name,
+            "rounds_completed": len(self._history),
+            "rounds_planned": self._config.run.rounds,
+            "stopped_because": stopped_because,
+            "accuracy": last.accuracy if last else None,
+            "loss": last.loss if last else None,
+            "best_accuracy": max((m.accuracy for m in self._history), default=None),
+            "dp_mode": self._config.dp.mode,
+            "delta": self._config.dp.delta if self._config.dp.enabled else None,
+            "epsilon_max": _finite_or_none(max(self._epsilons.values(), default=math.inf)),
+            "epsilon_mean": _finite_or_none(float(np.mean(list(self._epsilons.values()))))
+            if self._epsilons
+            else None,
+            "client_epsilons": {
+                k: _finite_or_none(v) for k, v in sorted(self._epsilons.items(), key=_client_order)
+            },
+            "seconds": time.perf_counter() - self._started,
+            "run_dir": str(self.run_dir),
+        }
+        _write_json_atomically(self.run_dir / SUMMARY_FILE, summary)
+        self._ledger.close()
+        self._observer.on_finish(summary)
+        return summary
+
+
+def _client_order(item: tuple[str, float]) -> tuple[int, str]:
+    key = item[0]
+    return (int(key), "") if key.isdigit() else (1 << 62, key)

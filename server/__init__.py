@@ -1,0 +1,1 @@
+"""Server entry points (Flower ServerApp for `flwr run .`)."""

@@ -1,0 +1,27 @@
+"""ServerApp entry point for ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject.toml).
+
+The run config's ``config`` key names a fedlab TOML file relative to the app
+directory; ``overrides`` and ``out-dir`` are optional.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+
+from fedlab.cli.plots import write_run_plots
+from fedlab.flower.app_config import config_from_run_config, run_dir_from_run_config
+from fedlab.flower.server import ServerSettings, make_server_app
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_from_context(context: Context) -> ServerSettings:
+    """Build the server settings from the Flower run config."""
+    config = config_from_run_config(context.run_config, app_root=APP_ROOT)
+    run_dir = run_dir_from_run_config(context.run_config, config)
+    return ServerSettings(config=config, run_dir=run_dir, min_nodes=config.data.num_clients)
+
+
+app = make_server_app(settings_from_context, after_run=write_run_plots)

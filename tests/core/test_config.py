@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from fedlab.core.config import apply_overrides, config_from_dict, load_config
+from fedlab.core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["digits.toml", "digits-dp.toml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(REPO / "simulations" / name)
+    assert config.data.num_clients == 10
+
+
+def test_round_trip_through_dict_keeps_every_value():
+    config = load_config(REPO / "simulations" / "digits-dp.toml")
+    assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"dp": {"mode": "dpsgd", "noise_multiplier": -0.5}}, "dp.noise_multiplier"),
+        ({"dp": {"delta": 1.0}}, "dp.delta"),
+        ({"dp": {"delta": 0.0}}, "dp.delta"),
+        ({"data": {"num_clients": 0}}, "data.num_clients"),
+        ({"train": {"batch_size": "big"}}, "train.batch_size"),
+        ({"train": {"lr": True}}, "train.lr"),
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate"),
+        ({"training": {"lr": 0.1}}, "training"),
+        ({"data": {"dataset": "files", "path": "/definitely/not/here"}}, "data.path"),
+        ({"dp": {"mode": "dpsgd"}}, "dp.noise_multiplier"),
+        ({"dp": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3.0}}, "dp.noise_multiplier"),
+        ({"model": {"kind": "transformer"}}, "model.kind"),
+    ],
+)
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    message = str(err.value)
+    assert message.startswith(key + ":") or message.startswith(key + " ")
+    assert "\n" not in message
+
+
+def test_int_accepted_where_float_expected_but_not_the_reverse():
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+    with pytest.raises(ConfigError, match=r"run\.rounds"):
+        config_from_dict({"run": {"rounds": 2.5}})
+
+
+def test_overrides_parse_toml_literals_and_strings():
+    merged = apply_overrides({}, ["train.lr=0.5", "dp.mode=dpsgd", 'train.device="cpu"', "run.rounds=3"])
+    config = config_from_dict({**merged, "dp": {**merged["dp"], "noise_multiplier": 1.0}})
+    assert config.train.lr == 0.5 and config.dp.mode == "dpsgd" and config.run.rounds == 3
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        apply_overrides({}, ["rounds=3"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nrounds = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)

@@ -1,0 +1,97 @@
+"""The epsilon a client reports is its Opacus accountant's, and matches dp_accounting."""
+
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from opacus.accountants import RDPAccountant
+
+from fedlab.core.config import load_config
+from fedlab.flower.client import FedlabClient, PartitionDataSource, load_history
+from fedlab.flower.records import arrays_record, train_report_from_content
+from fedlab.flower.server import round_seed
+from fedlab.training.models import build_model, get_weights
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train_message(weights, round_num):
+    content = RecordDict(
+        {"arrays": arrays_record(weights), "config": ConfigRecord({"round-seed": round_seed(0, round_num)})}
+    )
+    return Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def dp_accounting_epsilon(history, delta, orders):
+    accountant = dp_accounting.rdp.RdpAccountant(orders)
+    for step in history:
+        event = dp_accounting.PoissonSampledDpEvent(
+            step.sample_rate, dp_accounting.GaussianDpEvent(step.noise_multiplier)
+        )
+        accountant.compose(event, step.steps)
+    return accountant.get_epsilon(delta)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task_identity():
+    """Flower's Message needs the process's task identity, as a SuperNode or ServerApp sets it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def three_rounds(task_identity):
+    config = load_config(REPO / "simulations" / "digits-dp.toml", ["run.rounds=3"])
+    client = FedlabClient(PartitionDataSource(config))
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 3, "num-partitions": 10},
+        state=RecordDict(),
+        run_config={},
+    )
+    model = build_model(
+        config.model.kind, feature_shape=(1, 8, 8), num_classes=10, hidden=config.model.hidden
+    )
+    weights = get_weights(model)
+    reports = []
+    for r in (1, 2, 3):
+        reply = client.train(train_message(weights, r), context)
+        report = train_report_from_content(reply.content)
+        weights = [w + d for w, d in zip(weights, report.update.arrays, strict=True)]
+        reports.append(report)
+    return config, context, reports
+
+
+def test_reported_epsilon_equals_an_opacus_accountant_fed_the_same_history(three_rounds):
+    config, context, reports = three_rounds
+    history = load_history(context.state)
+    assert sum(h.steps for h in history) == sum(r.steps for r in reports)
+    opacus = RDPAccountant()
+    opacus.history = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history]
+    assert reports[-1].epsilon == pytest.approx(opacus.get_epsilon(delta=config.dp.delta), rel=1e-12)
+    assert reports[0].epsilon < reports[1].epsilon < reports[2].epsilon <= 8.0
+
+
+def test_reported_epsilon_within_one_percent_of_dp_accounting(three_rounds):
+    config, context, reports = three_rounds
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # Opacus' default RDP orders
+    independent = dp_accounting_epsilon(load_history(context.state), config.dp.delta, orders)
+    assert reports[-1].epsilon == pytest.approx(independent, rel=0.01)
+
+
+def test_trainer_is_built_once_and_reused(three_rounds):
+    config, context, _ = three_rounds
+    client = FedlabClient(PartitionDataSource(config))
+    weights = get_weights(build_model(config.model.kind, feature_shape=(1, 8, 8), num_classes=10, hidden=64))
+    client.train(train_message(weights, 1), context.__class__(1, 2, {"partition-id": 0}, RecordDict(), {}))
+    first = client._trainers["0"][1]
+    client.train(train_message(weights, 2), context.__class__(1, 2, {"partition-id": 0}, RecordDict(), {}))
+    assert client._trainers["0"][1] is first
+    assert np.isfinite(first.epsilon(()))
