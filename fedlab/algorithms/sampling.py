@@ -1,32 +1,36 @@
-"""Client sampling for a round, drawn from an explicit generator."""
+"""Client sampling for a round, drawn from an explicit generator over stable client ids."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
+from fedlab.core.clients import client_sort_key
 
-def sample_fraction(ids: Sequence[int], *, fraction: float, rng: np.random.Generator) -> list[int]:
-    """Sample ``max(1, round(fraction * len(ids)))`` distinct ids uniformly without replacement.
+
+def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: np.random.Generator) -> list[str]:
+    """Sample ``max(1, round(fraction * n))`` distinct clients uniformly without replacement.
+
+    The ids are put in a canonical order first, so the same generator state picks the
+    same clients however the transport happens to list them.
 
     Args:
-        ids: The available client ids.
+        client_ids: The available clients' stable ids.
         fraction: Fraction of clients to take, in (0, 1].
         rng: The generator every draw comes from.
 
     Returns:
-        The sampled ids in ascending order.
+        The sampled ids in canonical order.
 
-    >>> sample_fraction([5, 6, 7], fraction=1.0, rng=np.random.default_rng(0))
-    [5, 6, 7]
-
+    >>> sample_fraction(["2", "10", "1"], fraction=1.0, rng=np.random.default_rng(0))
+    ['1', '2', '10']
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1]; got {fraction}")
-    pool = sorted(ids)
+    pool = sorted(set(client_ids), key=client_sort_key)
     if not pool:
         return []
     count = max(1, round(fraction * len(pool)))
-    chosen = rng.choice(len(pool), size=count, replace=False)
-    return sorted(pool[i] for i in chosen)
+    chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
+    return [pool[i] for i in chosen]

@@ -27,7 +27,14 @@ from flwr.clientapp import ClientApp
 from fedlab.core.config import RunConfig
 from fedlab.data.federated import build_federated_data
 from fedlab.data.types import ArrayDataset, FederatedData
-from fedlab.flower.records import ARRAYS, CONFIG, METRICS, TrainReport, train_reply_content
+from fedlab.flower.records import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    TrainReport,
+    identity_reply_content,
+    train_reply_content,
+)
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
     DpSgdSpec,
@@ -62,6 +69,10 @@ class ClientDataSource(Protocol):
         """The run configuration for this client."""
         ...
 
+    def client_id(self, context: Context) -> str:
+        """The client's stable identity (without loading its data)."""
+        ...
+
     def data(self, context: Context) -> ClientData:
         """The client's identity and local data."""
         ...
@@ -89,13 +100,17 @@ class PartitionDataSource:
             self._data = (config, build_federated_data(config.data, seed=config.run.seed))
         return self._data[1]
 
+    def client_id(self, context: Context) -> str:
+        """The partition index, as a string."""
+        return str(int(context.node_config["partition-id"]))
+
     def data(self, context: Context) -> ClientData:
         """Materialize only this client's partition."""
         config = self.config(context)
         federated = self._federated(config)
         partition = int(context.node_config["partition-id"])
         return ClientData(
-            client_id=str(partition),
+            client_id=self.client_id(context),
             train=federated.client(partition),
             num_classes=federated.num_classes,
             feature_shape=federated.feature_shape,
@@ -256,6 +271,10 @@ class FedlabClient:
         )
         return Message(train_reply_content(report), reply_to=msg)
 
+    def query(self, msg: Message, context: Context) -> Message:
+        """Answer the server's identity query with this client's stable id."""
+        return Message(identity_reply_content(self._source.client_id(context)), reply_to=msg)
+
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Evaluate the received global model on the client's local data."""
         config = self._source.config(context)
@@ -291,4 +310,5 @@ def make_client_app(source: ClientDataSource) -> ClientApp:
     app = ClientApp()
     app.train()(client.train)
     app.evaluate()(client.evaluate)
+    app.query()(client.query)
     return app

@@ -79,7 +79,7 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
         raise ValueError("num-examples must be >= 1")
     epsilon = _metric(metrics, "epsilon")
     return TrainReport(
-        client_id=str(content.config_records[CLIENT]["client-id"]),
+        client_id=client_id_from_content(content),
         update=Update(arrays=arrays, num_examples=num_examples, weight=float(num_examples)),
         train_loss=_metric(metrics, "train-loss"),
         epsilon=NOT_PRIVATE if epsilon < 0 else epsilon,
@@ -108,6 +108,19 @@ def split_replies(replies: Iterable[Message]) -> tuple[list[TrainReport], list[s
         except (KeyError, ValueError, TypeError) as exc:
             failures.append(f"node {node}: malformed reply ({exc})")
     return reports, failures
+
+
+def identity_reply_content(client_id: str) -> RecordDict:
+    """Pack a client's answer to the identity query."""
+    return RecordDict({CLIENT: ConfigRecord({"client-id": client_id})})
+
+
+def client_id_from_content(content: RecordDict) -> str:
+    """Unpack a client id from a reply; raises KeyError/ValueError on a malformed one."""
+    value = content.config_records[CLIENT]["client-id"]
+    if not isinstance(value, str) or not value:
+        raise ValueError("client-id must be a non-empty string")
+    return value
 
 
 def arrays_record(weights: Sequence[np.ndarray]) -> ArrayRecord:

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.data.federated import build_federated_data
-from fedlab.flower.records import TrainReport, arrays_record, split_replies
+from fedlab.flower.records import TrainReport, arrays_record, client_id_from_content, split_replies
 from fedlab.flower.strategy import FedlabFedAvg
 from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import ClientRoundResult, RunRecorder
@@ -71,6 +71,33 @@ def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
+def discover_clients(grid: Grid, node_ids: Sequence[int], *, timeout: float) -> dict[int, str]:
+    """Ask every connected node for its stable client id (the identity query).
+
+    Returns:
+        Node id to client id for every node that answered well-formed.
+
+    Raises:
+        FedlabError: If two nodes claim the same client id.
+    """
+    query = [
+        Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids
+    ]
+    clients: dict[int, str] = {}
+    for reply in grid.send_and_receive(query, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            LOG.warning("node %d did not answer the identity query: %s", node, reply.error.reason)
+            continue
+        try:
+            clients[node] = client_id_from_content(reply.content)
+        except (KeyError, ValueError) as exc:
+            LOG.warning("node %d sent a malformed identity: %s", node, exc)
+    if len(set(clients.values())) != len(clients):
+        raise FedlabError("two client nodes claim the same client id")
+    return clients
+
+
 def _round_results(reports: Sequence[TrainReport]) -> list[ClientRoundResult]:
     return [
         ClientRoundResult(
@@ -104,12 +131,13 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     recorder = RunRecorder(
         run_dir=settings.run_dir, config=config, model=model, test_set=data.test, observer=settings.observer
     )
+    nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
     strategy = FedlabFedAvg(
         fraction_train=config.server.fraction_train,
         min_available_nodes=settings.min_nodes,
         rng=np.random.default_rng([config.run.seed, 1]),
+        clients=discover_clients(grid, nodes, timeout=config.server.timeout),
     )
-    wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
     weights = get_weights(model)
     recorder.start()
     for round_num in range(1, config.run.rounds + 1):

@@ -7,7 +7,7 @@ deltas (the additive update type) with :func:`fedlab.algorithms.fedavg.apply_fed
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -29,7 +29,14 @@ class FedlabFedAvg(FedAvg):
 
     """
 
-    def __init__(self, *, fraction_train: float, min_available_nodes: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        *,
+        fraction_train: float,
+        min_available_nodes: int,
+        rng: np.random.Generator,
+        clients: Mapping[int, str],
+    ) -> None:
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=0.0,
@@ -37,6 +44,7 @@ class FedlabFedAvg(FedAvg):
             min_available_nodes=min_available_nodes,
         )
         self._rng = rng
+        self._node_of = {client_id: node_id for node_id, client_id in clients.items()}
         self._global: list[np.ndarray] | None = None
 
     def configure_train(
@@ -44,7 +52,10 @@ class FedlabFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Sample nodes from the explicit generator and send them the global model."""
         self._global = arrays.to_numpy_ndarrays()
-        node_ids = sample_fraction(list(grid.get_node_ids()), fraction=self.fraction_train, rng=self._rng)
+        connected = set(grid.get_node_ids())
+        available = [cid for cid, node in self._node_of.items() if node in connected]
+        sampled = sample_fraction(available, fraction=self.fraction_train, rng=self._rng)
+        node_ids = [self._node_of[cid] for cid in sampled]
         config["server-round"] = server_round
         content = RecordDict({ARRAYS: arrays, CONFIG: config})
         return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in node_ids]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedlab.core.clients import client_sort_key
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
 from fedlab.data.types import ArrayDataset
@@ -193,7 +194,8 @@ class RunRecorder:
             if self._epsilons
             else None,
             "client_epsilons": {
-                k: _finite_or_none(v) for k, v in sorted(self._epsilons.items(), key=_client_order)
+                k: _finite_or_none(v)
+                for k, v in sorted(self._epsilons.items(), key=lambda item: client_sort_key(item[0]))
             },
             "seconds": time.perf_counter() - self._started,
             "run_dir": str(self.run_dir),
@@ -202,8 +204,3 @@ class RunRecorder:
         self._ledger.close()
         self._observer.on_finish(summary)
         return summary
-
-
-def _client_order(item: tuple[str, float]) -> tuple[int, str]:
-    key = item[0]
-    return (int(key), "") if key.isdigit() else (1 << 62, key)

@@ -31,10 +31,14 @@ def test_fedavg_rejects_mismatched_shapes_and_empty_rounds():
 
 
 def test_sampling_is_seeded_distinct_and_sized():
-    ids = list(range(100))
+    ids = [str(i) for i in range(100)]
     a = sample_fraction(ids, fraction=0.2, rng=np.random.default_rng(1))
     b = sample_fraction(ids, fraction=0.2, rng=np.random.default_rng(1))
     c = sample_fraction(ids, fraction=0.2, rng=np.random.default_rng(2))
     assert a == b != c
     assert len(a) == 20 == len(set(a))
     assert sample_fraction(ids, fraction=0.001, rng=np.random.default_rng(0)) != []
+    shuffled = list(reversed(ids))
+    assert sample_fraction(shuffled, fraction=0.2, rng=np.random.default_rng(1)) == a, (
+        "listing order is irrelevant"
+    )
