@@ -133,8 +133,16 @@ def _ledger_table(console: Console, summary: Mapping[str, Any]) -> None:
             str(c["client_id"]), str(c["rounds"]), str(c["total_steps"]), eps_text, str(c["last_round"])
         )
     console.print(table)
+    if summary["epsilon_max"] is not None and math.isfinite(summary["epsilon_max"]):
+        console.print(
+            f"federation: client epsilon max {summary['epsilon_max']:.4f}, "
+            f"mean {summary['epsilon_mean']:.4f}",
+            highlight=False,
+        )
     for f in summary.get("federation", []):
         console.print(f"federation ({f['mechanism']}): epsilon {f['epsilon']:.4f}", highlight=False)
+    if not summary.get("federation"):
+        console.print("federation: no server-side release recorded", highlight=False)
 
 
 @privacy_app.command("ledger")
@@ -153,6 +161,120 @@ def privacy_ledger(
         sys.stdout.write(json.dumps(_finite_or_null(summary)) + "\n")
     else:
         _ledger_table(Console(), summary)
+
+
+def _check_dp_arguments(*, sample_rate: float, delta: float, steps: int, noise: float | None = None) -> None:
+    """Refuse out-of-range DP arguments with one line naming the option."""
+    if not 0.0 < sample_rate <= 1.0:
+        raise ConfigError(f"--sample-rate must be in (0, 1]; got {sample_rate!r}")
+    if not 0.0 < delta < 1.0:
+        raise ConfigError(f"--delta must be in (0, 1); got {delta!r}")
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1; got {steps!r}")
+    if noise is not None and not noise >= 0.0:
+        raise ConfigError(f"--noise-multiplier must be >= 0; got {noise!r}")
+
+
+def _accountant_name(name: str) -> str:
+    from fedlab.privacy.accountants import ACCOUNTANTS
+
+    if name not in ACCOUNTANTS:
+        raise ConfigError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}; got {name!r}")
+    return name
+
+
+def _emit(payload: Mapping[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(_finite_or_null(dict(payload))) + "\n")
+    else:
+        Console().print(text, highlight=False)
+
+
+AccountantOption = Annotated[str, typer.Option("--accountant", help="pld (tight, default), prv or rdp.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+
+@privacy_app.command("epsilon")
+def privacy_epsilon(
+    noise_multiplier: Annotated[
+        float, typer.Option("--noise-multiplier", help="Gaussian noise multiplier z.")
+    ],
+    sample_rate: Annotated[float, typer.Option("--sample-rate", help="Poisson sampling rate q in (0, 1].")],
+    steps: Annotated[int, typer.Option("--steps", help="Number of compositions T.")],
+    delta: Annotated[float, typer.Option("--delta", help="Target delta in (0, 1).")],
+    accountant: AccountantOption = "pld",
+    as_json: JsonOption = False,
+) -> None:
+    """Epsilon of T compositions of the Poisson-subsampled Gaussian mechanism."""
+
+    def compute() -> dict[str, Any]:
+        _check_dp_arguments(sample_rate=sample_rate, delta=delta, steps=steps, noise=noise_multiplier)
+        from fedlab.privacy.accountants import epsilon_of
+        from fedlab.privacy.events import GaussianEvent
+
+        event = GaussianEvent(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+        epsilon = epsilon_of([event], delta=delta, accountant=_accountant_name(accountant))
+        return {
+            "epsilon": epsilon,
+            "delta": delta,
+            "accountant": accountant,
+            "noise_multiplier": noise_multiplier,
+            "sample_rate": sample_rate,
+            "steps": steps,
+        }
+
+    result = _guarded(compute)
+    _emit(result, as_json, f"epsilon = {result['epsilon']:.6g} at delta = {delta:g} ({accountant})")
+
+
+@privacy_app.command("calibrate")
+def privacy_calibrate(
+    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="The epsilon not to exceed.")],
+    delta: Annotated[float, typer.Option("--delta", help="Target delta in (0, 1).")],
+    sample_rate: Annotated[float, typer.Option("--sample-rate", help="Poisson sampling rate q in (0, 1].")],
+    steps: Annotated[int, typer.Option("--steps", help="Number of compositions T.")],
+    accountant: AccountantOption = "pld",
+    as_json: JsonOption = False,
+) -> None:
+    """The smallest noise multiplier found whose epsilon is at most the target."""
+
+    def compute() -> dict[str, Any]:
+        _check_dp_arguments(sample_rate=sample_rate, delta=delta, steps=steps)
+        if not target_epsilon > 0.0:
+            raise ConfigError(f"--target-epsilon must be > 0; got {target_epsilon!r}")
+        from fedlab.privacy.accountants import epsilon_of
+        from fedlab.privacy.calibration import calibrate_noise_multiplier
+        from fedlab.privacy.events import GaussianEvent
+
+        name = _accountant_name(accountant)
+        try:
+            noise = calibrate_noise_multiplier(
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=name,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        event = GaussianEvent(noise_multiplier=noise, sample_rate=sample_rate, steps=steps)
+        return {
+            "noise_multiplier": noise,
+            "epsilon": epsilon_of([event], delta=delta, accountant=name),
+            "target_epsilon": target_epsilon,
+            "delta": delta,
+            "accountant": name,
+            "sample_rate": sample_rate,
+            "steps": steps,
+        }
+
+    result = _guarded(compute)
+    _emit(
+        result,
+        as_json,
+        f"noise multiplier = {result['noise_multiplier']:.6g} gives epsilon = {result['epsilon']:.6g} "
+        f"<= {target_epsilon:g} at delta = {delta:g} ({accountant})",
+    )
 
 
 def _finite_or_null(value: Any) -> Any:
