@@ -1,0 +1,125 @@
+"""Secure aggregation (SecAgg+): the server learns the sum of the clients' inputs, nothing more.
+
+SecAgg+ (Bell et al. 2020) on top of Bonawitz et al. 2017, as pure functions over frozen states and
+messages (:mod:`fedlab.secagg.protocol`), crypto as bytes-in/bytes-out functions over the
+``cryptography`` package (:mod:`fedlab.secagg.crypto`), our own Shamir sharing
+(:mod:`fedlab.secagg.shamir`), the random k-regular neighbour graph (:mod:`fedlab.secagg.graph`),
+fixed-point encoding (:mod:`fedlab.secagg.encoding`) and an in-process driver
+(:func:`simulate_round`). No transport: the Flower adapter only carries the messages.
+
+Threat model
+------------
+Protected (each claim is tested in ``tests/secagg``):
+
+* An honest-but-curious server, together with up to t - 1 colluding clients, learns nothing about
+  an honest client's input beyond the sum of the included clients' inputs: every masked input is
+  uniform mod m, pairwise masks cancel only in the sum, and t - 1 Shamir shares of a seed or key
+  are consistent with every possible secret.
+* Dropouts at any of the four stages are tolerated while every survivor keeps at least t live
+  neighbours (and at least ``min_clients`` clients remain); otherwise the round aborts cleanly with
+  a stage and a reason, and no sum or partial sum is released.
+* A client whose masked input arrives late, after the server reconstructed its mask key, stays
+  hidden by its self mask (double masking).
+* A server asking a client for both the self-mask share and the key share of one neighbour is
+  refused. With t > k / 2 (the default), a server lying to different clients about who dropped
+  cannot collect t shares of both secrets of one client.
+* Share ciphertexts are authenticated (AES-GCM) with sender, receiver and round as associated data:
+  tampered, replayed (other round) and re-routed (other sender/receiver) ciphertexts are rejected.
+* Masks come from a ChaCha20 keystream keyed by the full 256-bit seed (no 32-bit seeding),
+  rejection-sampled to be exactly uniform mod m.
+* Fixed-point encoding never wraps silently: out-of-range values are clipped and counted, and a
+  configuration whose sum of n values could wrap the modulus is refused up front.
+
+Not protected:
+
+* A malicious server beyond the SecAgg+ guarantees: one that sends clients inconsistent views or
+  graphs, asks the same client twice on the same state, picks the graph seed adversarially, or
+  substitutes public keys (keys are not signed; there is no PKI and no signed consistency round).
+  More than t - 1 colluding neighbours of a client, or a Sybil attack where the server or one party
+  controls many clients (k-regular graphs with small k make this cheaper than in classic SecAgg).
+* Input poisoning: a malicious client can send any in-range input or wrong shares (the result is a
+  wrong sum or an abort; wrong mask-key shares are detected, wrong self-mask shares are not).
+* What the sum itself reveals (use distributed DP), who participated, message sizes and timing.
+* Secrets in memory of a compromised client or server, and denial of service.
+"""
+
+from fedlab.secagg.crypto import RandomSource, expand_mask, seeded_source
+from fedlab.secagg.driver import simulate_round
+from fedlab.secagg.encoding import Encoded, FixedPointCodec, decode_sum, encode
+from fedlab.secagg.errors import (
+    BothSharesRequestedError,
+    DecryptionError,
+    EncodingError,
+    ProtocolError,
+    RoundAbortedError,
+    SecAggError,
+    ShamirError,
+    Stage,
+)
+from fedlab.secagg.graph import neighbour_graph, suggest_neighbours, suggest_threshold
+from fedlab.secagg.messages import (
+    AbortedRound,
+    EncryptedShares,
+    KeyAdvert,
+    MaskedInput,
+    NeighbourRoster,
+    PublicKeys,
+    RoundResult,
+    SecAggParams,
+    SecureSum,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from fedlab.secagg.protocol import (
+    client_advertise,
+    client_masked_input,
+    client_share_keys,
+    client_unmask,
+    server_collect_adverts,
+    server_collect_masked,
+    server_route_shares,
+    server_unmask,
+)
+
+__all__ = [
+    "AbortedRound",
+    "BothSharesRequestedError",
+    "DecryptionError",
+    "Encoded",
+    "EncodingError",
+    "EncryptedShares",
+    "FixedPointCodec",
+    "KeyAdvert",
+    "MaskedInput",
+    "NeighbourRoster",
+    "ProtocolError",
+    "PublicKeys",
+    "RandomSource",
+    "RoundAbortedError",
+    "RoundResult",
+    "SecAggError",
+    "SecAggParams",
+    "SecureSum",
+    "ShamirError",
+    "ShareDelivery",
+    "Stage",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "client_advertise",
+    "client_masked_input",
+    "client_share_keys",
+    "client_unmask",
+    "decode_sum",
+    "encode",
+    "expand_mask",
+    "neighbour_graph",
+    "seeded_source",
+    "server_collect_adverts",
+    "server_collect_masked",
+    "server_route_shares",
+    "server_unmask",
+    "simulate_round",
+    "suggest_neighbours",
+    "suggest_threshold",
+]

@@ -1,0 +1,232 @@
+"""Bytes-in/bytes-out cryptography for SecAgg+, all from the ``cryptography`` package.
+
+X25519 for key agreement, HKDF-SHA256 with one label per purpose, AES-256-GCM for the encrypted
+shares (sender, receiver and round bound as associated data) and a ChaCha20 keystream expanded into
+uniform residues mod m by rejection sampling. Nothing here keeps state; randomness comes from a
+:data:`RandomSource` passed in (``os.urandom`` in deployment).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedlab.secagg.errors import DecryptionError, ProtocolError
+from fedlab.secagg.ring import Vector, check_modulus
+
+RandomSource = Callable[[int], bytes]
+"""A callable returning that many random bytes, like ``os.urandom`` (use it in deployment)."""
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_SALT = b"fedlab.secagg.v1"
+MASK_SEED_LABEL = b"fedlab/secagg/v1/pairwise-mask-seed"
+"""HKDF label of the pairwise mask seed s_uv."""
+SHARE_KEY_LABEL = b"fedlab/secagg/v1/share-encryption-key"
+"""HKDF label of the AES-GCM key that encrypts shares between two clients."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An X25519 key pair as raw 32-byte strings (the private half is hidden from ``repr``)."""
+
+    private: bytes = field(repr=False)
+    public: bytes
+
+
+def random_bytes(source: RandomSource, size: int) -> bytes:
+    r"""Return exactly ``size`` bytes from ``source`` or raise ValueError.
+
+    >>> random_bytes(lambda n: bytes(n), 4)
+    b'\x00\x00\x00\x00'
+    """
+    data = source(size)
+    if not isinstance(data, bytes | bytearray) or len(data) != size:
+        raise ValueError(f"random source returned {len(data)} bytes, expected {size}")
+    return bytes(data)
+
+
+def generate_keypair(source: RandomSource) -> KeyPair:
+    """Return a fresh X25519 key pair whose private key is 32 bytes from ``source``.
+
+    >>> len(generate_keypair(seeded_source(b"doc")).public)
+    32
+    """
+    private = X25519PrivateKey.from_private_bytes(random_bytes(source, KEY_BYTES))
+    return KeyPair(private=private.private_bytes_raw(), public=private.public_key().public_bytes_raw())
+
+
+def public_key_of(private: bytes) -> bytes:
+    """Return the X25519 public key of a raw private key (used to verify a reconstructed key)."""
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def agree(private: bytes, peer_public: bytes) -> bytes:
+    """Return the 32-byte X25519 shared secret of ``private`` with ``peer_public``.
+
+    Stops: small-subgroup / low-order public keys (an all-zero secret is refused). Does not stop:
+    a man in the middle who substitutes public keys (keys are not signed; needs a PKI, out of scope).
+
+    Raises:
+        ProtocolError: If the peer's key is malformed or of low order.
+
+    """
+    return agree_many(private, [peer_public])[0]
+
+
+def agree_many(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
+    """Return :func:`agree` of ``private`` with each of ``peer_publics`` (loads the private key once).
+
+    Raises:
+        ProtocolError: If a peer's key is malformed or of low order.
+
+    """
+    key = X25519PrivateKey.from_private_bytes(private)
+    try:
+        return [key.exchange(X25519PublicKey.from_public_bytes(peer)) for peer in peer_publics]
+    except ValueError as error:
+        raise ProtocolError(f"refusing X25519 agreement: {error}") from error
+
+
+def _u64(value: int, name: str) -> bytes:
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return struct.pack(">Q", value)
+
+
+def pair_context(round_id: int, a: int, b: int) -> bytes:
+    """Return the HKDF context of an unordered client pair in one round (same for (a, b) and (b, a)).
+
+    >>> pair_context(1, 5, 2) == pair_context(1, 2, 5)
+    True
+    """
+    low, high = sorted((a, b))
+    return _u64(round_id, "round_id") + _u64(low, "client id") + _u64(high, "client id")
+
+
+def derive_key(secret: bytes, *, label: bytes, context: bytes) -> bytes:
+    """Return a 32-byte key from an agreed ``secret`` by HKDF-SHA256 with a purpose ``label``.
+
+    Stops: re-using one agreed secret for two purposes (mask seed vs share encryption) or across
+    rounds and pairs, because label and context differ. Does not stop: a leaked private key (every
+    key derived from it leaks too).
+
+    >>> k1 = derive_key(bytes(32), label=MASK_SEED_LABEL, context=b"x")
+    >>> k2 = derive_key(bytes(32), label=SHARE_KEY_LABEL, context=b"x")
+    >>> len(k1), k1 == k2
+    (32, False)
+    """
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=_SALT, info=label + b"|" + context)
+    return hkdf.derive(secret)
+
+
+def share_associated_data(*, sender: int, receiver: int, round_id: int) -> bytes:
+    """Return the AEAD associated data binding an encrypted share to its sender, receiver and round."""
+    return (
+        b"fedlab/secagg/v1/share"
+        + _u64(sender, "sender")
+        + _u64(receiver, "receiver")
+        + _u64(round_id, "round_id")
+    )
+
+
+def encrypt_share(
+    key: bytes, plaintext: bytes, *, sender: int, receiver: int, round_id: int, source: RandomSource
+) -> bytes:
+    """Encrypt ``plaintext`` with AES-256-GCM; return ``nonce || ciphertext || tag``.
+
+    Stops: an eavesdropper or honest-but-curious server reading shares in transit; tampering;
+    replay into another round; re-routing to another receiver or claiming another sender (sender,
+    receiver and round are associated data). Does not stop: dropping or delaying a ciphertext
+    (that is a dropout), or a sender that encrypts a wrong share.
+    """
+    nonce = random_bytes(source, NONCE_BYTES)
+    aad = share_associated_data(sender=sender, receiver=receiver, round_id=round_id)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def decrypt_share(key: bytes, ciphertext: bytes, *, sender: int, receiver: int, round_id: int) -> bytes:
+    """Decrypt an :func:`encrypt_share` output after checking its tag and associated data.
+
+    Stops: tampered, truncated, replayed (other round) and re-routed (other sender/receiver pair)
+    ciphertexts, which all fail authentication. Does not stop: replay of the same ciphertext within
+    the same round to the same receiver (harmless: it carries the same share).
+
+    Raises:
+        DecryptionError: If authentication fails.
+
+    """
+    if len(ciphertext) < NONCE_BYTES + 16:
+        raise DecryptionError(f"share ciphertext from {sender} to {receiver} is truncated")
+    aad = share_associated_data(sender=sender, receiver=receiver, round_id=round_id)
+    try:
+        return AESGCM(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], aad)
+    except InvalidTag as error:
+        raise DecryptionError(
+            f"share ciphertext from {sender} to {receiver} in round {round_id} failed authentication"
+        ) from error
+
+
+def _keystream(seed: bytes) -> Callable[[int], bytes]:
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"a mask seed must be {KEY_BYTES} bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+    return lambda size: encryptor.update(bytes(size))
+
+
+def expand_mask(seed: bytes, length: int, modulus: int) -> Vector:
+    """Expand a 32-byte seed into ``length`` independent uniform residues mod ``modulus``.
+
+    ChaCha20 keyed by all 256 bits of the seed produces words of ``bit_length(modulus - 1)`` bits;
+    words >= modulus are rejected, so the output is exactly uniform for any modulus.
+
+    Stops: mask prediction from a short seed (Flower's 32-bit MT19937 seeding): the whole seed is
+    the cipher key, so seeds differing in one bit give unrelated masks. Does not stop: leakage of
+    the seed itself (protected by Shamir sharing and the double-masking stages).
+
+    >>> m = expand_mask(bytes(32), 5, 10)
+    >>> m.dtype.name, len(m), bool((m < 10).all())
+    ('uint64', 5, True)
+    """
+    check_modulus(modulus)
+    if length < 0:
+        raise ValueError(f"length must be non-negative, got {length}")
+    stream = _keystream(seed)
+    width = (modulus - 1).bit_length()
+    dtype = np.dtype("<u4") if width <= 32 else np.dtype("<u8")
+    keep = np.uint64((1 << width) - 1)
+    pieces: list[Vector] = []
+    missing = length
+    while missing > 0:
+        draw = missing + missing // 8 + 16 if modulus & (modulus - 1) else missing
+        words = np.frombuffer(stream(draw * dtype.itemsize), dtype=dtype).astype(np.uint64)
+        words &= keep
+        accepted = words[words < np.uint64(modulus)] if modulus & (modulus - 1) else words
+        pieces.append(accepted[:missing])
+        missing -= len(pieces[-1])
+    result = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint64)
+    return result
+
+
+def seeded_source(seed: bytes) -> RandomSource:
+    """Return a deterministic :data:`RandomSource` (a ChaCha20 keystream keyed by SHA-256 of ``seed``).
+
+    For tests, simulations and reproducible benchmarks only: in deployment pass ``os.urandom``,
+    since anyone who knows ``seed`` knows every key and mask drawn from it.
+
+    >>> a, b = seeded_source(b"s"), seeded_source(b"s")
+    >>> a(8) == b(8), a(8) == a(8)
+    (True, False)
+    """
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(seed)
+    return _keystream(digest.finalize())
