@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.core.update import Update
 
 ARRAYS = "arrays"
@@ -16,30 +16,6 @@ METRICS = "metrics"
 CONFIG = "config"
 CLIENT = "client"
 NOT_PRIVATE = math.inf
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """What one client sent back after a training round.
-
-    Attributes:
-        client_id: The client's stable identity (partition id in simulation).
-        update: The client's delta and its weight.
-        train_loss: Mean local training loss.
-        epsilon: The client's cumulative epsilon at the run's delta (inf if not private).
-        noise_multiplier: DP-SGD noise multiplier used (0 without DP).
-        sample_rate: Poisson sampling rate of its DP-SGD steps (0 without DP).
-        steps: Optimizer steps taken this round.
-
-    """
-
-    client_id: str
-    update: Update
-    train_loss: float
-    epsilon: float
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
 
 
 def train_reply_content(report: TrainReport) -> RecordDict:
@@ -89,13 +65,8 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
     )
 
 
-def split_replies(replies: Iterable[Message]) -> tuple[list[TrainReport], list[str]]:
-    """Decode valid train replies and describe the failed or malformed ones.
-
-    Returns:
-        The decoded reports and one reason string per failure.
-
-    """
+def split_replies(replies: Iterable[Message]) -> RoundReplies:
+    """Decode valid train replies and describe the failed or malformed ones."""
     reports: list[TrainReport] = []
     failures: list[str] = []
     for msg in replies:
@@ -107,7 +78,7 @@ def split_replies(replies: Iterable[Message]) -> tuple[list[TrainReport], list[s
             reports.append(train_report_from_content(msg.content))
         except (KeyError, ValueError, TypeError) as exc:
             failures.append(f"node {node}: malformed reply ({exc})")
-    return reports, failures
+    return RoundReplies(reports=tuple(reports), failures=tuple(failures))
 
 
 def identity_reply_content(client_id: str) -> RecordDict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,16 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedlab.algorithms.federation import FedAvgSettings, RoundPlan, run_fedavg
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
+from fedlab.core.reports import RoundReplies
 from fedlab.data.federated import build_federated_data
-from fedlab.flower.records import TrainReport, arrays_record, client_id_from_content, split_replies
+from fedlab.flower.records import arrays_record, client_id_from_content, split_replies
 from fedlab.flower.strategy import FedlabFedAvg
 from fedlab.training.models import build_model, get_weights
-from fedlab.training.recorder import ClientRoundResult, RunRecorder
+from fedlab.training.recorder import RunRecorder
 
 LOG = logging.getLogger("fedlab.server")
 
@@ -48,15 +50,6 @@ class ServerSettings:
     run_dir: Path
     min_nodes: int
     observer: RoundObserver = field(default_factory=SilentObserver)
-
-
-def round_seed(seed: int, round_num: int) -> int:
-    """Derive the public per-round seed that clients mix with their own identity.
-
-    >>> round_seed(0, 1) == round_seed(0, 1) != round_seed(0, 2)
-    True
-    """
-    return int(np.random.SeedSequence([seed, round_num]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
@@ -98,27 +91,42 @@ def discover_clients(grid: Grid, node_ids: Sequence[int], *, timeout: float) -> 
     return clients
 
 
-def _round_results(reports: Sequence[TrainReport]) -> list[ClientRoundResult]:
-    return [
-        ClientRoundResult(
-            client_id=r.client_id,
-            num_examples=r.update.num_examples,
-            train_loss=r.train_loss,
-            epsilon=r.epsilon,
-            noise_multiplier=r.noise_multiplier,
-            sample_rate=r.sample_rate,
-            steps=r.steps,
-        )
-        for r in reports
-    ]
+class FlowerTransport:
+    """Carries rounds over a Flower Grid: the strategy builds the messages, the Grid moves them.
+
+    Args:
+        grid: The Grid of the running ServerApp.
+        strategy: Builds train messages (and maps client ids to node ids).
+        clients: Node id to client id, from the identity query.
+        timeout: Seconds to wait for a round's replies; late clients count as failed.
+    """
+
+    def __init__(
+        self, grid: Grid, strategy: FedlabFedAvg, clients: Mapping[int, str], *, timeout: float
+    ) -> None:
+        self._grid = grid
+        self._strategy = strategy
+        self._clients = dict(clients)
+        self._timeout = timeout
+
+    def available_clients(self) -> list[str]:
+        """Client ids of the nodes connected now."""
+        connected = set(self._grid.get_node_ids())
+        return [cid for node, cid in self._clients.items() if node in connected]
+
+    def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
+        """Send the planned clients the model and the round seed; decode their replies."""
+        config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num})
+        nodes = [self._strategy.node_of(cid) for cid in plan.client_ids]
+        messages = self._strategy.messages_for(nodes, arrays_record(weights), config)
+        replies = split_replies(self._grid.send_and_receive(messages, timeout=self._timeout))
+        for reason in replies.failures:
+            LOG.warning("round %d: dropped a reply: %s", plan.round_num, reason)
+        return replies
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
-    """Run every configured round against ``grid`` and return the run summary.
-
-    Each round: sample nodes, send them the global model, collect their deltas,
-    average them, commit the privacy spending, then release the new model.
-    """
+    """Run every configured round against ``grid`` and return the run summary."""
     config = settings.config
     data = build_federated_data(config.data, seed=config.run.seed)
     model = build_model(
@@ -132,31 +140,21 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
         run_dir=settings.run_dir, config=config, model=model, test_set=data.test, observer=settings.observer
     )
     nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
+    clients = discover_clients(grid, nodes, timeout=config.server.timeout)
     strategy = FedlabFedAvg(
         fraction_train=config.server.fraction_train,
         min_available_nodes=settings.min_nodes,
         rng=np.random.default_rng([config.run.seed, 1]),
-        clients=discover_clients(grid, nodes, timeout=config.server.timeout),
+        clients=clients,
     )
-    weights = get_weights(model)
-    recorder.start()
-    for round_num in range(1, config.run.rounds + 1):
-        started = time.perf_counter()
-        train_config = ConfigRecord({"round-seed": round_seed(config.run.seed, round_num)})
-        messages = strategy.configure_train(round_num, arrays_record(weights), train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=config.server.timeout)
-        reports, failures = split_replies(replies)
-        for reason in failures:
-            LOG.warning("round %d: dropped a reply: %s", round_num, reason)
-        if reports:
-            weights = strategy.aggregate_reports(weights, reports)
-        recorder.release_round(
-            round_num,
-            weights,
-            _round_results(reports),
-            seconds=time.perf_counter() - started,
-            extra={"failures": len(failures)},
-        )
+    run_fedavg(
+        transport=FlowerTransport(grid, strategy, clients, timeout=config.server.timeout),
+        recorder=recorder,
+        initial_weights=get_weights(model),
+        settings=FedAvgSettings(
+            rounds=config.run.rounds, fraction_train=config.server.fraction_train, seed=config.run.seed
+        ),
+    )
     return recorder.finish()
 
 

@@ -16,7 +16,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedlab.algorithms.fedavg import apply_fedavg
 from fedlab.algorithms.sampling import sample_fraction
-from fedlab.flower.records import ARRAYS, CONFIG, TrainReport, split_replies
+from fedlab.core.reports import TrainReport
+from fedlab.flower.records import ARRAYS, CONFIG, split_replies
 
 
 class FedlabFedAvg(FedAvg):
@@ -57,6 +58,16 @@ class FedlabFedAvg(FedAvg):
         sampled = sample_fraction(available, fraction=self.fraction_train, rng=self._rng)
         node_ids = [self._node_of[cid] for cid in sampled]
         config["server-round"] = server_round
+        return self.messages_for(node_ids, arrays, config)
+
+    def node_of(self, client_id: str) -> int:
+        """The node id serving a client id."""
+        return self._node_of[client_id]
+
+    def messages_for(
+        self, node_ids: Sequence[int], arrays: ArrayRecord, config: ConfigRecord
+    ) -> list[Message]:
+        """One train message per node, each carrying the global model and the round config."""
         content = RecordDict({ARRAYS: arrays, CONFIG: config})
         return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in node_ids]
 
@@ -70,7 +81,7 @@ class FedlabFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's hook: decode replies, average the deltas onto the last global model."""
-        reports, _ = split_replies(replies)
+        reports = split_replies(replies).reports
         if not reports or self._global is None:
             return None, None
         weights = self.aggregate_reports(self._global, reports)

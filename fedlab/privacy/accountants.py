@@ -31,8 +31,9 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.prv import PrvAccountant
 
-ACCOUNTANTS: tuple[str, ...] = ("pld", "rdp")
+ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
 """Names accepted by :func:`make_accountant`."""
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
@@ -237,7 +238,9 @@ def make_accountant(name: str) -> Accountant:
     """Returns a new, empty accountant.
 
     Args:
-        name: ``"pld"`` (tight, the default elsewhere) or ``"rdp"``.
+        name: ``"pld"`` (tight, the default elsewhere), ``"prv"`` (tight, an upper
+            estimate with an error bound; :class:`~fedlab.privacy.prv.PrvAccountant`)
+            or ``"rdp"``.
 
     Returns:
         The accountant.
@@ -252,6 +255,8 @@ def make_accountant(name: str) -> Accountant:
     """
     if name == "pld":
         return PldAccountant()
+    if name == "prv":
+        return PrvAccountant()
     if name == "rdp":
         return RdpAccountant()
     raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
@@ -263,7 +268,7 @@ def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str
     Args:
         events: The releases, in any order (composition is commutative).
         delta: Target delta, in (0, 1).
-        accountant: ``"pld"`` or ``"rdp"``.
+        accountant: ``"pld"``, ``"prv"`` or ``"rdp"``.
 
     Returns:
         Epsilon (0.0 for no events).

@@ -18,7 +18,6 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from fedlab.core.clients import client_sort_key
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
+from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
 from fedlab.privacy.ledger import ClientSpend, PrivacyLedger
 from fedlab.training.local import evaluate
@@ -38,19 +38,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
-
-
-@dataclass(frozen=True)
-class ClientRoundResult:
-    """One client's contribution to a round, as the server saw it."""
-
-    client_id: str
-    num_examples: int
-    train_loss: float
-    epsilon: float
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
 
 
 def _save_model_atomically(path: Path, weights: Sequence[np.ndarray]) -> None:
@@ -119,27 +106,27 @@ class RunRecorder:
         self,
         round_num: int,
         weights: Sequence[np.ndarray],
-        results: Sequence[ClientRoundResult],
+        reports: Sequence[TrainReport],
         *,
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
     ) -> RoundMetrics:
         """Commit the round's privacy spending, then release and record its model."""
-        self._commit_spending(round_num, results)
-        for r in results:
+        self._commit_spending(round_num, reports)
+        for r in reports:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
         set_weights(self._model, weights)
         loss, accuracy = evaluate(
             self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
         )
         _save_model_atomically(self.run_dir / MODEL_FILE, weights)
-        metrics = self._round_metrics(round_num, loss, accuracy, results, seconds, extra or {})
+        metrics = self._round_metrics(round_num, loss, accuracy, reports, seconds, extra or {})
         append_metrics(self.run_dir / METRICS_FILE, metrics)
         self._history.append(metrics)
         self._observer.on_round(metrics)
         return metrics
 
-    def _commit_spending(self, round_num: int, results: Sequence[ClientRoundResult]) -> None:
+    def _commit_spending(self, round_num: int, reports: Sequence[TrainReport]) -> None:
         spends = [
             ClientSpend(
                 client_id=r.client_id,
@@ -148,7 +135,7 @@ class RunRecorder:
                 steps=r.steps,
                 epsilon=r.epsilon,
             )
-            for r in results
+            for r in reports
         ]
         self._ledger.commit_round(round_num, spends)
 
@@ -157,12 +144,12 @@ class RunRecorder:
         round_num: int,
         loss: float,
         accuracy: float,
-        results: Sequence[ClientRoundResult],
+        reports: Sequence[TrainReport],
         seconds: float,
         extra: Mapping[str, float | int | str],
     ) -> RoundMetrics:
-        total = sum(r.num_examples for r in results)
-        train_loss = sum(r.train_loss * r.num_examples for r in results) / total if total else math.nan
+        total = sum(r.update.num_examples for r in reports)
+        train_loss = sum(r.train_loss * r.update.num_examples for r in reports) / total if total else math.nan
         eps = list(self._epsilons.values())
         return RoundMetrics(
             round=round_num,
@@ -171,7 +158,7 @@ class RunRecorder:
             train_loss=train_loss,
             epsilon_max=max(eps) if eps else math.nan,
             epsilon_mean=float(np.mean(eps)) if eps else math.nan,
-            clients=len(results),
+            clients=len(reports),
             seconds=seconds,
             extra=extra,
         )

@@ -8,10 +8,10 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
 
+from fedlab.algorithms.federation import round_seed
 from fedlab.core.config import load_config
 from fedlab.flower.client import FedlabClient, PartitionDataSource, load_history
 from fedlab.flower.records import arrays_record, train_report_from_content
-from fedlab.flower.server import round_seed
 from fedlab.training.models import build_model, get_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,11 +87,21 @@ def test_reported_epsilon_within_one_percent_of_dp_accounting(three_rounds):
 
 
 def test_trainer_is_built_once_and_reused(three_rounds):
-    config, context, _ = three_rounds
-    client = FedlabClient(PartitionDataSource(config))
+    config, _, _ = three_rounds
+    source = PartitionDataSource(config)
+    client = FedlabClient(source)
     weights = get_weights(build_model(config.model.kind, feature_shape=(1, 8, 8), num_classes=10, hidden=64))
-    client.train(train_message(weights, 1), context.__class__(1, 2, {"partition-id": 0}, RecordDict(), {}))
-    first = client._trainers["0"][1]
-    client.train(train_message(weights, 2), context.__class__(1, 2, {"partition-id": 0}, RecordDict(), {}))
-    assert client._trainers["0"][1] is first
+    context = Context(run_id=1, node_id=2, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    client.train(train_message(weights, 1), context)
+    first = client.runtime.trainer(config, source.data(context))
+    client.train(train_message(weights, 2), context)
+    assert client.runtime.trainer(config, source.data(context)) is first
     assert np.isfinite(first.epsilon(()))
+
+
+def test_a_pickled_client_is_the_same_instance_in_its_process(three_rounds):
+    import pickle
+
+    config, _, _ = three_rounds
+    client = FedlabClient(PartitionDataSource(config))
+    assert pickle.loads(pickle.dumps(client)) is pickle.loads(pickle.dumps(client))

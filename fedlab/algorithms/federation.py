@@ -1,0 +1,121 @@
+"""The federated-averaging round loop, independent of how messages travel.
+
+A :class:`ClientTransport` moves the global model to sampled clients and brings
+their reports back (Flower's Grid, an in-process worker pool, ...). A
+:class:`RoundRecorder` commits each round's privacy spending and then releases the
+new model. The loop itself only samples, averages and hands over: the same code
+runs in every simulator and in deployment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from fedlab.algorithms.fedavg import apply_fedavg
+from fedlab.algorithms.sampling import sample_fraction
+from fedlab.core.metrics import RoundMetrics
+from fedlab.core.reports import RoundReplies, TrainReport
+
+
+def round_seed(seed: int, round_num: int) -> int:
+    """Derive the public per-round seed that clients mix with their own identity.
+
+    >>> round_seed(0, 1) == round_seed(0, 1) != round_seed(0, 2)
+    True
+    """
+    return int(np.random.SeedSequence([seed, round_num]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Which clients train in a round, and the round's public seed."""
+
+    round_num: int
+    client_ids: tuple[str, ...]
+    seed: int
+
+
+class ClientTransport(Protocol):
+    """Carries a round's model to clients and their reports back."""
+
+    def available_clients(self) -> list[str]:
+        """The stable ids of the clients that can be sampled now."""
+        ...
+
+    def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
+        """Have the planned clients train from ``weights``; return what came back."""
+        ...
+
+
+class RoundRecorder(Protocol):
+    """Commits a round's privacy spending, then releases its model."""
+
+    def start(self) -> None:
+        """Called once before the first round."""
+        ...
+
+    def release_round(
+        self,
+        round_num: int,
+        weights: Sequence[np.ndarray],
+        reports: Sequence[TrainReport],
+        *,
+        seconds: float,
+        extra: Mapping[str, float | int | str] | None = None,
+    ) -> RoundMetrics:
+        """Commit the spending of ``reports``, then release ``weights``."""
+        ...
+
+
+@dataclass(frozen=True)
+class FedAvgSettings:
+    """How many rounds, what fraction of clients per round, and the run seed."""
+
+    rounds: int
+    fraction_train: float
+    seed: int
+
+
+def run_fedavg(
+    *,
+    transport: ClientTransport,
+    recorder: RoundRecorder,
+    initial_weights: Sequence[np.ndarray],
+    settings: FedAvgSettings,
+) -> list[np.ndarray]:
+    """Run federated averaging of client deltas for ``settings.rounds`` rounds.
+
+    Each round: sample clients over their stable ids (seeded, so a run is
+    reproducible whatever ids the transport assigns), send them the global model,
+    average the deltas that came back weighted by examples, and hand the round to the
+    recorder, which commits its privacy spending before it releases the model. A
+    round where no client answered keeps the previous model.
+
+    Returns:
+        The final global weights.
+    """
+    rng = np.random.default_rng([settings.seed, 1])
+    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    recorder.start()
+    for round_num in range(1, settings.rounds + 1):
+        started = time.perf_counter()
+        sampled = sample_fraction(transport.available_clients(), fraction=settings.fraction_train, rng=rng)
+        plan = RoundPlan(
+            round_num=round_num, client_ids=tuple(sampled), seed=round_seed(settings.seed, round_num)
+        )
+        replies = transport.train(plan, weights)
+        if replies.reports:
+            weights = apply_fedavg(weights, [r.update for r in replies.reports])
+        recorder.release_round(
+            round_num,
+            weights,
+            replies.reports,
+            seconds=time.perf_counter() - started,
+            extra={"failures": len(replies.failures)},
+        )
+    return weights

@@ -1,0 +1,38 @@
+"""What clients send back after a round, independent of any transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedlab.core.update import Update
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one client sent back after a training round.
+
+    Attributes:
+        client_id: The client's stable identity (partition id in simulation).
+        update: The client's delta and its weight.
+        train_loss: Mean local training loss (not privatized).
+        epsilon: The client's cumulative epsilon at the run's delta (inf if not private).
+        noise_multiplier: DP-SGD noise multiplier used (0 without DP).
+        sample_rate: Poisson sampling rate of its DP-SGD steps (1 without DP).
+        steps: Optimizer steps taken this round.
+    """
+
+    client_id: str
+    update: Update
+    train_loss: float
+    epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class RoundReplies:
+    """The outcome of asking clients to train: their reports and why others failed."""
+
+    reports: tuple[TrainReport, ...] = ()
+    failures: tuple[str, ...] = field(default=())
