@@ -70,6 +70,16 @@ def _check_data(config: RunConfig) -> None:
     check_batch_size(build_federated_data(config.data, seed=config.run.seed), config.train.batch_size)
 
 
+def _simulate(config: RunConfig, run_dir: Path, observer: RoundObserver) -> dict[str, Any]:
+    if config.simulation.backend == "inline":
+        from fedlab.sim.inline import simulate_inline
+
+        return simulate_inline(config, run_dir, observer)
+    from fedlab.sim.flower_runner import simulate_with_flower
+
+    return simulate_with_flower(config, run_dir, observer)
+
+
 def _print_summary(console: Console, summary: Mapping[str, Any]) -> None:
     table = Table(title=f"fedlab run {summary['run_name']}", show_header=False)
     table.add_row("rounds", f"{summary['rounds_completed']} / {summary['rounds_planned']}")
@@ -105,10 +115,8 @@ def simulate(
     console.print(f"run directory: {run_dir}", highlight=False)
     from fedlab.cli.plots import write_run_plots
     from fedlab.cli.progress import RichRoundProgress
-    from fedlab.sim.flower_runner import simulate_with_flower
-
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
-    summary = _guarded(lambda: simulate_with_flower(config, run_dir, observer))
+    summary = _guarded(lambda: _simulate(config, run_dir, observer))
     write_run_plots(run_dir)
     if not quiet:
         _print_summary(console, summary)

@@ -27,7 +27,7 @@ MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
 DP_MODES = ("none", "dpsgd")
 CLIENT_ACCOUNTANTS = ("rdp", "prv")
-BACKENDS = ("flower",)
+BACKENDS = ("flower", "inline")
 
 
 def _fail(key: str, problem: str) -> ConfigError:
