@@ -132,7 +132,8 @@ def _normalized_fwht(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
         right = blocks[..., 1, :]
         out = np.stack((left + right, left - right), axis=-2).reshape(*lead, size)
         h *= 2
-    return out / np.sqrt(size)
+    normalized: npt.NDArray[np.float64] = out / np.sqrt(size)
+    return normalized
 
 
 def _pad_last_axis(values: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:

@@ -244,8 +244,9 @@ def test_make_accountant_names() -> None:
     assert isinstance(make_accountant("pld"), PldAccountant)
     assert isinstance(make_accountant("rdp"), RdpAccountant)
     assert isinstance(make_accountant("pld"), Accountant)
-    with pytest.raises(ValueError, match="unknown accountant 'prv'"):
-        make_accountant("prv")
+    assert make_accountant("prv").name == "prv"
+    with pytest.raises(ValueError, match="unknown accountant 'gdp'"):
+        make_accountant("gdp")
     with pytest.raises(ValueError, match="unknown accountant"):
         epsilon_of([event(1.0, 0.1, 1)], delta=1e-5, accountant="gdp")
 

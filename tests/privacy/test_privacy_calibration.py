@@ -102,7 +102,7 @@ def test_arguments_are_keyword_only_and_validated() -> None:
         ("sample_rate", 0.0),
         ("steps", 0),
         ("tolerance", 0.0),
-        ("accountant", "prv"),
+        ("accountant", "gdp"),
     ]:
         with pytest.raises(ValueError, match=key if key != "accountant" else "unknown accountant"):
             calibrate_noise_multiplier(**{**good, key: bad})  # type: ignore[arg-type]
