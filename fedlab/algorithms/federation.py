@@ -116,6 +116,6 @@ def run_fedavg(
             weights,
             replies.reports,
             seconds=time.perf_counter() - started,
-            extra={"failures": len(replies.failures)},
+            extra={"failures": len(replies.failures), **replies.extra},
         )
     return weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedlab.core.update import Update
@@ -32,7 +33,16 @@ class TrainReport:
 
 @dataclass(frozen=True)
 class RoundReplies:
-    """The outcome of asking clients to train: their reports and why others failed."""
+    """The outcome of asking clients to train.
+
+    Attributes:
+        reports: The reports that arrived in time.
+        failures: One reason per client that did not contribute (error, dropout,
+            straggler past the deadline).
+        extra: Transport measurements for the round's metrics line (e.g. simulated
+            seconds, counts of dropped clients by reason).
+    """
 
     reports: tuple[TrainReport, ...] = ()
-    failures: tuple[str, ...] = field(default=())
+    failures: tuple[str, ...] = ()
+    extra: Mapping[str, float | int | str] = field(default_factory=dict)
