@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from fedlab.algorithms.fedavg import apply_fedavg
-from fedlab.algorithms.sampling import sample_fraction
+from fedlab.algorithms.sampling import sample_fraction, sample_poisson
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
+from fedlab.privacy.ledger import FederationSpend
 
 
 def round_seed(seed: int, round_num: int) -> int:
@@ -33,11 +34,16 @@ def round_seed(seed: int, round_num: int) -> int:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Which clients train in a round, and the round's public seed."""
+    """Which clients train in a round, the round's public seed and instructions.
+
+    ``instructions`` are public per-round values the clients need (e.g. the current
+    ``clip-norm`` under adaptive clipping).
+    """
 
     round_num: int
     client_ids: tuple[str, ...]
     seed: int
+    instructions: Mapping[str, float] = field(default_factory=dict)
 
 
 class ClientTransport(Protocol):
@@ -67,18 +73,30 @@ class RoundRecorder(Protocol):
         *,
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
+        federation: Sequence[FederationSpend] = (),
     ) -> RoundMetrics:
-        """Commit the spending of ``reports``, then release ``weights``."""
+        """Commit the spending of ``reports`` (and the server's own releases), then release ``weights``."""
         ...
 
 
 @dataclass(frozen=True)
 class FedAvgSettings:
-    """How many rounds, what fraction of clients per round, and the run seed."""
+    """How many rounds, what fraction of clients per round, how they are drawn, the run seed.
+
+    ``sampling`` is ``fraction`` (exactly that share of clients, uniformly) or
+    ``poisson`` (each client independently with probability ``fraction_train``).
+    """
 
     rounds: int
     fraction_train: float
     seed: int
+    sampling: str = "fraction"
+
+    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """Draw one round's clients."""
+        if self.sampling == "poisson":
+            return sample_poisson(client_ids, rate=self.fraction_train, rng=rng)
+        return sample_fraction(client_ids, fraction=self.fraction_train, rng=rng)
 
 
 def run_fedavg(
@@ -104,7 +122,7 @@ def run_fedavg(
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
         started = time.perf_counter()
-        sampled = sample_fraction(transport.available_clients(), fraction=settings.fraction_train, rng=rng)
+        sampled = settings.sample(transport.available_clients(), rng)
         plan = RoundPlan(
             round_num=round_num, client_ids=tuple(sampled), seed=round_seed(settings.seed, round_num)
         )

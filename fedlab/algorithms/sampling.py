@@ -34,3 +34,27 @@ def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: np.rando
     count = max(1, round(fraction * len(pool)))
     chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
     return [pool[i] for i in chosen]
+
+
+def sample_poisson(client_ids: Iterable[str], *, rate: float, rng: np.random.Generator) -> list[str]:
+    """Take each client independently with probability ``rate`` (the sampling DP amplification assumes).
+
+    The cohort size is random and may be zero; one uniform draw per client in canonical
+    order, so the same generator state picks the same clients however they are listed.
+
+    Args:
+        client_ids: The available clients' stable ids.
+        rate: The sampling probability q, in (0, 1].
+        rng: The generator every draw comes from.
+
+    Returns:
+        The sampled ids in canonical order.
+
+    >>> sample_poisson(["1", "2", "3"], rate=1.0, rng=np.random.default_rng(0))
+    ['1', '2', '3']
+    """
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1]; got {rate}")
+    pool = sorted(set(client_ids), key=client_sort_key)
+    taken = rng.random(len(pool)) < rate
+    return [cid for cid, take in zip(pool, taken, strict=True) if take]

@@ -296,6 +296,15 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
+def _register_deployment_commands() -> None:
+    from fedlab.cli.deploy import register
+
+    register(app)
+
+
+_register_deployment_commands()
+
+
 def main() -> None:
     """Entry point of the ``fedlab`` console script."""
     app()

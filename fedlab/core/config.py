@@ -25,9 +25,12 @@ DATASETS = ("digits", "synthetic", "files")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
-DP_MODES = ("none", "dpsgd")
+DP_MODES = ("none", "dpsgd", "central")
 CLIENT_ACCOUNTANTS = ("rdp", "prv")
+SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
+SAMPLING = ("auto", "fraction", "poisson")
 BACKENDS = ("flower", "inline")
+DEVICE_MODELS = ("distribution", "trace")
 
 
 def _fail(key: str, problem: str) -> ConfigError:
@@ -136,10 +139,15 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class DpSection:
-    """Differential privacy. ``mode = "dpsgd"`` is sample-level DP-SGD on each client.
+    """Differential privacy: where the noise is added is a choice, not a code path.
 
-    With ``dpsgd`` exactly one of ``noise_multiplier`` and ``target_epsilon`` is set;
-    a target epsilon is turned into a noise multiplier for the planned rounds.
+    ``mode = "dpsgd"``: sample-level DP-SGD on each client (Opacus); epsilon is per
+    client. ``mode = "central"``: user-level DP-FedAvg (McMahan et al. 2018): each
+    client's delta is clipped to ``clip_norm``, the server adds Gaussian noise once to
+    the sum and divides by the fixed expected cohort size; epsilon is per user, for
+    the whole federation. With either mode exactly one of ``noise_multiplier`` and
+    ``target_epsilon`` is set; a target is calibrated for the planned rounds.
+    ``accountant = "auto"`` means ``rdp`` for DP-SGD (Opacus) and ``pld`` for central.
     """
 
     mode: str = "none"
@@ -147,7 +155,13 @@ class DpSection:
     target_epsilon: float | None = None
     max_grad_norm: float = 1.0
     delta: float = 1e-5
-    accountant: str = "rdp"
+    accountant: str = "auto"
+    clip_norm: float = 1.0
+    adaptive_clipping: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: float | None = None
+    max_epsilon: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("dp.mode", self.mode, DP_MODES)
@@ -157,46 +171,120 @@ class DpSection:
             _check_min("dp.target_epsilon", self.target_epsilon, 0.0, inclusive=False)
         _check_min("dp.max_grad_norm", self.max_grad_norm, 0.0, inclusive=False)
         _check_open_unit("dp.delta", self.delta)
-        _check_choice("dp.accountant", self.accountant, CLIENT_ACCOUNTANTS)
-        if self.mode == "dpsgd":
+        _check_min("dp.clip_norm", self.clip_norm, 0.0, inclusive=False)
+        _check_open_unit("dp.target_quantile", self.target_quantile)
+        _check_min("dp.clip_learning_rate", self.clip_learning_rate, 0.0, inclusive=False)
+        if self.clipped_count_stddev is not None:
+            _check_min("dp.clipped_count_stddev", self.clipped_count_stddev, 0.0, inclusive=False)
+        if self.max_epsilon is not None:
+            _check_min("dp.max_epsilon", self.max_epsilon, 0.0, inclusive=False)
+        self._check_accountant()
+        if self.mode != "none":
             given = [self.noise_multiplier is not None, self.target_epsilon is not None]
             if sum(given) != 1:
                 raise _fail(
                     "dp.noise_multiplier",
-                    "set exactly one of dp.noise_multiplier and dp.target_epsilon with dp.mode = 'dpsgd'",
+                    "set exactly one of dp.noise_multiplier and dp.target_epsilon "
+                    f"with dp.mode = {self.mode!r}",
                 )
+
+    def _check_accountant(self) -> None:
+        if self.accountant == "auto":
+            return
+        choices = CLIENT_ACCOUNTANTS if self.mode == "dpsgd" else SERVER_ACCOUNTANTS
+        _check_choice("dp.accountant", self.accountant, ("auto", *choices))
 
     @property
     def enabled(self) -> bool:
         """Whether any differential privacy is applied."""
         return self.mode != "none"
 
+    @property
+    def resolved_accountant(self) -> str:
+        """The accountant actually used: ``auto`` resolved for the mode."""
+        if self.accountant != "auto":
+            return self.accountant
+        return "rdp" if self.mode == "dpsgd" else "pld"
+
 
 @dataclass(frozen=True)
 class ServerSection:
-    """Server-side round settings."""
+    """Server-side round settings.
+
+    ``fraction_train`` is the fraction of clients per round (``fraction``: exactly
+    that many, uniformly; ``poisson``: each client independently with that
+    probability, as DP amplification by sampling assumes). ``auto`` is ``poisson``
+    with ``dp.mode = "central"`` and ``fraction`` otherwise.
+    """
 
     fraction_train: float = 1.0
+    sampling: str = "auto"
     timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
             raise _fail("server.fraction_train", f"must be in (0, 1]; got {self.fraction_train!r}")
+        _check_choice("server.sampling", self.sampling, SAMPLING)
         _check_min("server.timeout", self.timeout, 0.0, inclusive=False)
 
 
 @dataclass(frozen=True)
 class SimulationSection:
-    """How the simulation engine runs the virtual clients."""
+    """How the simulation engine runs the virtual clients.
+
+    ``workers`` is the number of worker processes of the ``inline`` backend (unset:
+    one per core; 0 or 1: train in this process). The device keys describe simulated
+    devices (``devices = "distribution"``: speed and bandwidths lognormal around their
+    medians with the given sigmas; ``"trace"``: read from the CSV ``device_trace``).
+    A round ends at ``round_deadline`` simulated seconds (0: no deadline) or once
+    ``target_updates`` updates arrived (0: wait for every sampled client).
+    ``ray_address`` points the ``flower`` backend at a running Ray cluster.
+    """
 
     backend: str = "flower"
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.25
+    workers: int | None = None
+    devices: str = "distribution"
+    device_trace: str = ""
+    step_seconds: float = 0.01
+    speed_sigma: float = 0.0
+    upload_mbps: float = 10.0
+    download_mbps: float = 50.0
+    bandwidth_sigma: float = 0.0
+    latency_seconds: float = 0.05
+    availability: float = 1.0
+    dropout: float = 0.0
+    round_deadline: float = 0.0
+    target_updates: int = 0
+    ray_address: str = ""
 
     def __post_init__(self) -> None:
         _check_choice("simulation.backend", self.backend, BACKENDS)
         _check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
         _check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)
+        if self.workers is not None:
+            _check_min("simulation.workers", self.workers, 0)
+        self._check_devices()
+        _check_min("simulation.round_deadline", self.round_deadline, 0.0)
+        _check_min("simulation.target_updates", self.target_updates, 0)
+
+    def _check_devices(self) -> None:
+        _check_choice("simulation.devices", self.devices, DEVICE_MODELS)
+        if self.devices == "trace" and not self.device_trace:
+            raise _fail("simulation.device_trace", "required when simulation.devices = 'trace'")
+        if self.device_trace and self.devices != "trace":
+            raise _fail("simulation.devices", "must be 'trace' when simulation.device_trace is set")
+        if self.device_trace and not Path(self.device_trace).is_file():
+            raise _fail("simulation.device_trace", f"file not found: {self.device_trace}")
+        for key in ("step_seconds", "upload_mbps", "download_mbps"):
+            _check_min(f"simulation.{key}", getattr(self, key), 0.0, inclusive=False)
+        for key in ("speed_sigma", "bandwidth_sigma", "latency_seconds"):
+            _check_min(f"simulation.{key}", getattr(self, key), 0.0)
+        if not 0.0 < self.availability <= 1.0:
+            raise _fail("simulation.availability", f"must be in (0, 1]; got {self.availability!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise _fail("simulation.dropout", f"must be in [0, 1); got {self.dropout!r}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ class TrainReport:
         noise_multiplier: DP-SGD noise multiplier used (0 without DP).
         sample_rate: Poisson sampling rate of its DP-SGD steps (1 without DP).
         steps: Optimizer steps taken this round.
+        pre_clip_norm: Under central DP, the delta's L2 norm before the client clipped
+            it (for adaptive clipping's private count); None otherwise.
     """
 
     client_id: str
@@ -29,6 +31,7 @@ class TrainReport:
     noise_multiplier: float
     sample_rate: float
     steps: int
+    pre_clip_norm: float | None = None
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,16 @@ class FedlabClient:
         config = self._source.config(context)
         data = self._source.data(context)
         weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
-        seed = int(msg.content.config_records[CONFIG]["round-seed"])  # type: ignore[arg-type]
+        round_config = msg.content.config_records[CONFIG]
+        seed = int(round_config["round-seed"])  # type: ignore[arg-type]
+        clip = round_config.get("clip-norm")
         report, history = self.runtime.train(
-            config, data, weights, history=load_history(context.state), round_seed=seed
+            config,
+            data,
+            weights,
+            history=load_history(context.state),
+            round_seed=seed,
+            clip_norm=float(clip) if isinstance(clip, (int, float)) else None,
         )
         store_history(context.state, history)
         return Message(train_reply_content(report), reply_to=msg)

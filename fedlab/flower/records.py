@@ -28,6 +28,7 @@ def train_reply_content(report: TrainReport) -> RecordDict:
             "noise-multiplier": report.noise_multiplier,
             "sample-rate": report.sample_rate,
             "steps": report.steps,
+            **({} if report.pre_clip_norm is None else {"pre-clip-norm": report.pre_clip_norm}),
         }
     )
     return RecordDict(
@@ -62,6 +63,7 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
         noise_multiplier=_metric(metrics, "noise-multiplier"),
         sample_rate=_metric(metrics, "sample-rate"),
         steps=int(_metric(metrics, "steps")),
+        pre_clip_norm=_metric(metrics, "pre-clip-norm") if "pre-clip-norm" in metrics else None,
     )
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedlab.algorithms.federation import FedAvgSettings, RoundPlan, run_fedavg
+from fedlab.algorithms.federation import RoundPlan
+from fedlab.algorithms.runs import run_configured
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
@@ -50,6 +51,7 @@ class ServerSettings:
     run_dir: Path
     min_nodes: int
     observer: RoundObserver = field(default_factory=SilentObserver)
+    secure_noise: bool = False
 
 
 def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
@@ -116,7 +118,7 @@ class FlowerTransport:
 
     def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
         """Send the planned clients the model and the round seed; decode their replies."""
-        config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num})
+        config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num, **plan.instructions})
         nodes = [self._strategy.node_of(cid) for cid in plan.client_ids]
         messages = self._strategy.messages_for(nodes, arrays_record(weights), config)
         replies = split_replies(self._grid.send_and_receive(messages, timeout=self._timeout))
@@ -147,15 +149,15 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
         rng=np.random.default_rng([config.run.seed, 1]),
         clients=clients,
     )
-    run_fedavg(
+    outcome = run_configured(
+        config,
         transport=FlowerTransport(grid, strategy, clients, timeout=config.server.timeout),
         recorder=recorder,
         initial_weights=get_weights(model),
-        settings=FedAvgSettings(
-            rounds=config.run.rounds, fraction_train=config.server.fraction_train, seed=config.run.seed
-        ),
+        num_clients=len(clients),
+        secure_noise=settings.secure_noise,
     )
-    return recorder.finish()
+    return recorder.finish(stopped_because=outcome.stopped_because)
 
 
 def make_server_app(

@@ -20,6 +20,7 @@ import torch
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
+from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
     DpSgdSpec,
@@ -74,7 +75,13 @@ def dp_spec(
     if noise is None:
         assert dp.target_epsilon is not None  # guaranteed by DpSection validation
         sample_rate, steps_per_round = poisson_plan(num_examples, optim_spec(config))
-        key = (dp.target_epsilon, dp.delta, sample_rate, steps_per_round * config.run.rounds, dp.accountant)
+        key = (
+            dp.target_epsilon,
+            dp.delta,
+            sample_rate,
+            steps_per_round * config.run.rounds,
+            dp.resolved_accountant,
+        )
         memo = {} if calibrated is None else calibrated
         if key not in memo:
             memo[key] = noise_multiplier_for_epsilon(
@@ -82,7 +89,10 @@ def dp_spec(
             )
         noise = memo[key]
     return DpSgdSpec(
-        noise_multiplier=noise, max_grad_norm=dp.max_grad_norm, delta=dp.delta, accountant=dp.accountant
+        noise_multiplier=noise,
+        max_grad_norm=dp.max_grad_norm,
+        delta=dp.delta,
+        accountant=dp.resolved_accountant,
     )
 
 
@@ -148,14 +158,26 @@ class ClientRuntime:
         *,
         history: Sequence[PrivacyStep],
         round_seed: int,
+        clip_norm: float | None = None,
     ) -> tuple[TrainReport, tuple[PrivacyStep, ...]]:
-        """Train one round from ``weights``; return the report and the new accountant history."""
+        """Train one round from ``weights``; return the report and the new accountant history.
+
+        With ``dp.mode = "central"`` the client clips its delta to the round's clip norm
+        (``clip_norm``, sent by the server under adaptive clipping, else
+        ``dp.clip_norm``) before it leaves, and reports the norm it had before.
+        """
         result = self.trainer(config, data).train_round(
             weights, history=history, round_seed=client_seed(round_seed, data.client_id)
         )
+        update, pre_clip_norm = result.update, None
+        if config.dp.mode == "central":
+            bound = config.dp.clip_norm if clip_norm is None else clip_norm
+            clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
+            update, pre_clip_norm = clipped.update, clipped.norm
         report = TrainReport(
             client_id=data.client_id,
-            update=result.update,
+            update=update,
+            pre_clip_norm=pre_clip_norm,
             train_loss=result.loss,
             # Without DP the release is noiseless: epsilon is infinite, noise 0, all data used.
             epsilon=result.epsilon if result.private else math.inf,

@@ -167,7 +167,10 @@ class DpSgdSpec:
         chosen = dp.noise_multiplier if dp.noise_multiplier is not None else noise_multiplier
         assert chosen is not None
         return cls(
-            noise_multiplier=chosen, max_grad_norm=dp.max_grad_norm, delta=dp.delta, accountant=dp.accountant
+            noise_multiplier=chosen,
+            max_grad_norm=dp.max_grad_norm,
+            delta=dp.delta,
+            accountant=dp.resolved_accountant,
         )
 
 

@@ -29,7 +29,7 @@ from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
 from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
-from fedlab.privacy.ledger import ClientSpend, PrivacyLedger
+from fedlab.privacy.ledger import ClientSpend, FederationSpend, PrivacyLedger
 from fedlab.training.local import evaluate
 from fedlab.training.models import set_weights
 
@@ -95,6 +95,7 @@ class RunRecorder:
             run_dir / LEDGER_FILE, run_name=config.run.name, delta=config.dp.delta, config_json=config_json
         )
         self._epsilons: dict[str, float] = {}
+        self._user_epsilon: float | None = None
         self._history: list[RoundMetrics] = []
         self._started = time.perf_counter()
 
@@ -110,11 +111,19 @@ class RunRecorder:
         *,
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
+        federation: Sequence[FederationSpend] = (),
     ) -> RoundMetrics:
-        """Commit the round's privacy spending, then release and record its model."""
-        self._commit_spending(round_num, reports)
+        """Commit the round's privacy spending, then release and record its model.
+
+        ``federation`` holds the server's own releases this round (user-level DP); its
+        epsilon is every client's user-level epsilon, so it is what ``epsilon_max`` and
+        ``epsilon_mean`` report under central DP.
+        """
+        self._commit_spending(round_num, reports, federation)
         for r in reports:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
+        for f in federation:
+            self._user_epsilon = max(self._user_epsilon or 0.0, f.epsilon)
         set_weights(self._model, weights)
         loss, accuracy = evaluate(
             self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
@@ -126,7 +135,9 @@ class RunRecorder:
         self._observer.on_round(metrics)
         return metrics
 
-    def _commit_spending(self, round_num: int, reports: Sequence[TrainReport]) -> None:
+    def _commit_spending(
+        self, round_num: int, reports: Sequence[TrainReport], federation: Sequence[FederationSpend]
+    ) -> None:
         spends = [
             ClientSpend(
                 client_id=r.client_id,
@@ -137,7 +148,7 @@ class RunRecorder:
             )
             for r in reports
         ]
-        self._ledger.commit_round(round_num, spends)
+        self._ledger.commit_round(round_num, spends, federation)
 
     def _round_metrics(
         self,
@@ -150,7 +161,7 @@ class RunRecorder:
     ) -> RoundMetrics:
         total = sum(r.update.num_examples for r in reports)
         train_loss = sum(r.train_loss * r.update.num_examples for r in reports) / total if total else math.nan
-        eps = list(self._epsilons.values())
+        eps = [self._user_epsilon] if self._user_epsilon is not None else list(self._epsilons.values())
         return RoundMetrics(
             round=round_num,
             accuracy=accuracy,
@@ -162,6 +173,27 @@ class RunRecorder:
             seconds=seconds,
             extra=extra,
         )
+
+    def _epsilon_summary(self) -> dict[str, Any]:
+        """Per-client (sample-level) epsilons, and the user-level one under central DP."""
+        local = {
+            k: _finite_or_none(v)
+            for k, v in sorted(self._epsilons.items(), key=lambda item: client_sort_key(item[0]))
+        }
+        if self._user_epsilon is not None:
+            return {
+                "epsilon_max": self._user_epsilon,
+                "epsilon_mean": self._user_epsilon,
+                "epsilon_user": self._user_epsilon,
+                "client_epsilons": dict.fromkeys(local, self._user_epsilon),
+            }
+        values = list(self._epsilons.values())
+        return {
+            "epsilon_max": _finite_or_none(max(values, default=math.inf)),
+            "epsilon_mean": _finite_or_none(float(np.mean(values))) if values else None,
+            "epsilon_user": None,
+            "client_epsilons": local,
+        }
 
     def finish(self, *, stopped_because: str = "completed all rounds") -> dict[str, Any]:
         """Write ``summary.json``, close the ledger and return the summary."""
@@ -176,14 +208,7 @@ class RunRecorder:
             "best_accuracy": max((m.accuracy for m in self._history), default=None),
             "dp_mode": self._config.dp.mode,
             "delta": self._config.dp.delta if self._config.dp.enabled else None,
-            "epsilon_max": _finite_or_none(max(self._epsilons.values(), default=math.inf)),
-            "epsilon_mean": _finite_or_none(float(np.mean(list(self._epsilons.values()))))
-            if self._epsilons
-            else None,
-            "client_epsilons": {
-                k: _finite_or_none(v)
-                for k, v in sorted(self._epsilons.items(), key=lambda item: client_sort_key(item[0]))
-            },
+            **self._epsilon_summary(),
             "seconds": time.perf_counter() - self._started,
             "run_dir": str(self.run_dir),
         }

@@ -1,0 +1,231 @@
+"""User-level DP-FedAvg (McMahan et al. 2018) with optional adaptive clipping (Andrew et al. 2021).
+
+Each round: Poisson-sample clients with probability q; each sampled client clips its
+delta to the round's clip norm C before sending it; the server checks every received
+norm (an update over C is rejected with a logged reason, not trusted), sums the
+clipped deltas with uniform weight 1, adds Gaussian noise of standard deviation z*C
+once to the sum, and divides by the fixed denominator q*N (the expected cohort size,
+never the realised one). One client's presence changes the sum by at most C, which is
+the sensitivity the accountant assumes: the release is a Poisson-subsampled Gaussian
+mechanism with noise multiplier z, composed once per round.
+
+Under adaptive clipping each client also reports whether its norm was within C; the
+server privately estimates the unclipped fraction with noise sigma_b and moves C
+geometrically toward the target quantile. The round's two releases (updates with
+z_delta, counts with 2*sigma_b) compose to exactly one Gaussian with multiplier z, so
+the accountant still sees one event per round.
+
+What this stops: inference about whether any one client took part, from the released
+models (up to epsilon, delta). What it does not stop: a server that skips the noise or
+learns individual updates (use secure aggregation and distributed DP for that); the
+noise here comes from a seeded numpy generator, which is reproducible, not secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
+from fedlab.algorithms.sampling import sample_poisson
+from fedlab.core.reports import TrainReport
+from fedlab.privacy.accountants import epsilon_of
+from fedlab.privacy.adaptive_clipping import (
+    AdaptiveClipState,
+    norm_indicator,
+    split_noise_multiplier,
+    update_clip_norm,
+)
+from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.ledger import FederationSpend
+from fedlab.privacy.mechanisms import GaussianMechanism, clipped_sum
+
+LOG = logging.getLogger("fedlab.dp_fedavg")
+MECHANISM = "dp-fedavg"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpFedAvgSettings:
+    """A DP-FedAvg run.
+
+    Attributes:
+        rounds: Planned rounds.
+        sample_rate: q, each client's probability of being sampled in a round.
+        num_clients: N, the population the denominator q*N is computed over.
+        noise_multiplier: z, the round's noise multiplier as accounted.
+        clip_norm: C, the (initial) clip norm.
+        delta: The run's delta.
+        accountant: ``pld``, ``prv`` or ``rdp``.
+        seed: Run seed (sampling; noise comes from the generator passed in).
+        max_epsilon: Stop before a round that would raise epsilon above this.
+        adaptive: Adaptive clipping settings, or None for a fixed clip norm.
+    """
+
+    rounds: int
+    sample_rate: float
+    num_clients: int
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    accountant: str
+    seed: int
+    max_epsilon: float | None = None
+    adaptive: AdaptiveClipState | None = None
+
+    @property
+    def denominator(self) -> float:
+        """The fixed denominator q*N: the expected cohort size."""
+        return self.sample_rate * self.num_clients
+
+    def round_event(self) -> GaussianEvent:
+        """One round's release, as the accountant sees it."""
+        return GaussianEvent(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=1)
+
+    def update_noise_multiplier(self) -> float:
+        """The noise multiplier on the updates: z, or z_delta > z under adaptive clipping."""
+        if self.adaptive is None:
+            return self.noise_multiplier
+        return split_noise_multiplier(
+            total_noise_multiplier=self.noise_multiplier, count_noise_std=self.adaptive.count_noise_std
+        )
+
+
+@dataclass(frozen=True)
+class DpFedAvgOutcome:
+    """How a DP-FedAvg run ended."""
+
+    weights: list[np.ndarray]
+    rounds_completed: int
+    epsilon: float
+    stopped_because: str
+
+
+def _accepted(
+    reports: Sequence[TrainReport], clip_norm: float, round_num: int
+) -> tuple[list[TrainReport], int]:
+    """Keep the reports whose update norm is within C; log and count the rejected ones."""
+    check = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=0.0)
+    kept: list[TrainReport] = []
+    for report in reports:
+        try:
+            check.check_bound(report.update)
+        except ValueError as exc:
+            LOG.warning("round %d: rejected client %s: %s", round_num, report.client_id, exc)
+            continue
+        kept.append(report)
+    return kept, len(reports) - len(kept)
+
+
+def _indicators(reports: Sequence[TrainReport], clip_norm: float) -> list[float]:
+    return [
+        norm_indicator(update_norm=r.pre_clip_norm, clip_norm=clip_norm)
+        for r in reports
+        if r.pre_clip_norm is not None
+    ]
+
+
+def _noisy_mean_delta(
+    reports: Sequence[TrainReport],
+    settings: DpFedAvgSettings,
+    clip_norm: float,
+    shapes: list[tuple[int, ...]],
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], float]:
+    mechanism = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=settings.update_noise_multiplier())
+    total, stats = clipped_sum([r.update for r in reports], mechanism, shapes=shapes)
+    noisy = mechanism.add_noise(total, denominator=settings.denominator, rng=rng)
+    return noisy, stats.fraction_clipped
+
+
+def run_dp_fedavg(
+    *,
+    transport: ClientTransport,
+    recorder: RoundRecorder,
+    initial_weights: Sequence[np.ndarray],
+    settings: DpFedAvgSettings,
+    noise_rng: np.random.Generator,
+) -> DpFedAvgOutcome:
+    """Run user-level DP-FedAvg; stop early, cleanly, if the next round would exceed the budget.
+
+    Epsilon is computed once per round, on the server, for the whole federation, and
+    committed to the ledger (through the recorder) before the round's model is released.
+
+    Args:
+        transport: Carries the model to clients and their clipped deltas back.
+        recorder: Commits spending, then releases each round's model.
+        initial_weights: The starting global model.
+        settings: The run's DP-FedAvg settings.
+        noise_rng: The generator all server noise comes from (deployment: seeded from
+            a cryptographically secure source).
+
+    Returns:
+        The final weights, rounds completed, epsilon spent and why the run stopped.
+    """
+    sample_rng = np.random.default_rng([settings.seed, 1])
+    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    shapes = [tuple(w.shape) for w in weights]
+    events: list[GaussianEvent] = []
+    epsilon = 0.0
+    clip = settings.adaptive.clip_norm if settings.adaptive else settings.clip_norm
+    adaptive = settings.adaptive
+    recorder.start()
+    for round_num in range(1, settings.rounds + 1):
+        next_epsilon = epsilon_of(
+            [*events, settings.round_event()], delta=settings.delta, accountant=settings.accountant
+        )
+        if settings.max_epsilon is not None and next_epsilon > settings.max_epsilon:
+            reason = (
+                f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
+                f"> max_epsilon {settings.max_epsilon:g}"
+            )
+            return DpFedAvgOutcome(weights, round_num - 1, epsilon, reason)
+        started = time.perf_counter()
+        sampled = sample_poisson(transport.available_clients(), rate=settings.sample_rate, rng=sample_rng)
+        plan = RoundPlan(
+            round_num=round_num,
+            client_ids=tuple(sampled),
+            seed=round_seed(settings.seed, round_num),
+            instructions={"clip-norm": clip},
+        )
+        replies = transport.train(plan, weights)
+        kept, rejected = _accepted(replies.reports, clip, round_num)
+        delta_mean, fraction_clipped = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
+        weights = [
+            (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
+        ]
+        events.append(settings.round_event())
+        epsilon = next_epsilon
+        round_clip = clip
+        if adaptive is not None:
+            adaptive = update_clip_norm(
+                adaptive, _indicators(kept, clip), expected_clients=settings.denominator, rng=noise_rng
+            )
+            clip = adaptive.clip_norm
+        recorder.release_round(
+            round_num,
+            weights,
+            kept,
+            seconds=time.perf_counter() - started,
+            extra={
+                "failures": len(replies.failures),
+                "rejected": rejected,
+                "clip_norm": round_clip,
+                "fraction_clipped": fraction_clipped,
+                "noise_std": settings.update_noise_multiplier() * round_clip / settings.denominator,
+                **replies.extra,
+            },
+            federation=[
+                FederationSpend(
+                    mechanism=MECHANISM,
+                    noise_multiplier=settings.noise_multiplier,
+                    sample_rate=settings.sample_rate,
+                    steps=1,
+                    epsilon=epsilon,
+                )
+            ],
+        )
+    return DpFedAvgOutcome(weights, settings.rounds, epsilon, "completed all rounds")
