@@ -115,12 +115,57 @@ def simulate(
     console.print(f"run directory: {run_dir}", highlight=False)
     from fedlab.cli.plots import write_run_plots
     from fedlab.cli.progress import RichRoundProgress
+
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
     summary = _guarded(lambda: _simulate(config, run_dir, observer))
     write_run_plots(run_dir)
     if not quiet:
         _print_summary(console, summary)
     console.print(f"results written to {run_dir}", highlight=False)
+
+
+@app.command()
+def sweep(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.toml", help="A fedlab TOML config with DP.")],
+    epsilons: Annotated[
+        str, typer.Option("--epsilons", help="Target epsilons, e.g. 1,2,4,8,inf.")
+    ] = "1,2,4,8,inf",
+    seeds: Annotated[int, typer.Option("--seeds", help="Runs per epsilon (seeds run.seed, +1, ...).")] = 1,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: under runs/).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
+    ] = None,
+) -> None:
+    """One simulation per target epsilon (inf = no DP): a table (CSV, Markdown) and a plot."""
+    from fedlab.cli.sweep import parse_epsilons, run_sweep
+
+    config = _guarded(lambda: load_config(config_path, overrides or []))
+    targets = _guarded(lambda: parse_epsilons(epsilons))
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1; got {seeds}")
+    _guarded(lambda: _check_data(config))
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    directory = out or Path("runs") / f"sweep-{config.run.name}-{stamp}"
+    console = Console()
+
+    def simulate_one(run_config: RunConfig, run_dir: Path) -> dict[str, Any]:
+        console.print(f"running {run_config.run.name} -> {run_dir}", highlight=False)
+        summary = _simulate(run_config, run_dir, SilentObserver())
+        from fedlab.cli.plots import write_run_plots
+
+        write_run_plots(run_dir)
+        return summary
+
+    rows = _guarded(lambda: run_sweep(config, targets, seeds, directory, simulate_one))
+    table = Table(title=f"sweep {config.run.name}")
+    for column in rows[0].as_dict():
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.as_dict().values()))
+    console.print(table)
+    console.print(f"table and plot written to {directory}", highlight=False)
 
 
 def _ledger_table(console: Console, summary: Mapping[str, Any]) -> None:

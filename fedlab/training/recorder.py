@@ -96,6 +96,7 @@ class RunRecorder:
         )
         self._epsilons: dict[str, float] = {}
         self._user_epsilon: float | None = None
+        self._noise_multiplier = 0.0
         self._history: list[RoundMetrics] = []
         self._started = time.perf_counter()
 
@@ -120,6 +121,7 @@ class RunRecorder:
         ``epsilon_mean`` report under central DP.
         """
         self._commit_spending(round_num, reports, federation)
+        self._note_noise(reports, federation)
         for r in reports:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
         for f in federation:
@@ -134,6 +136,13 @@ class RunRecorder:
         self._history.append(metrics)
         self._observer.on_round(metrics)
         return metrics
+
+    def _note_noise(self, reports: Sequence[TrainReport], federation: Sequence[FederationSpend]) -> None:
+        """Remember the round's noise multiplier: the server's, else the clients' mean."""
+        if federation:
+            self._noise_multiplier = max(f.noise_multiplier for f in federation)
+        elif reports:
+            self._noise_multiplier = float(np.mean([r.noise_multiplier for r in reports]))
 
     def _commit_spending(
         self, round_num: int, reports: Sequence[TrainReport], federation: Sequence[FederationSpend]
@@ -207,6 +216,7 @@ class RunRecorder:
             "loss": last.loss if last else None,
             "best_accuracy": max((m.accuracy for m in self._history), default=None),
             "dp_mode": self._config.dp.mode,
+            "noise_multiplier": self._noise_multiplier,
             "delta": self._config.dp.delta if self._config.dp.enabled else None,
             **self._epsilon_summary(),
             "seconds": time.perf_counter() - self._started,
