@@ -49,6 +49,11 @@ RDP_ORDERS: tuple[float, ...] = (
 optimum often falls between integers) and integer orders up to 2048 for the
 small-epsilon regime (fractional orders that large do not converge)."""
 
+OPACUS_RDP_ORDERS: tuple[float, ...] = tuple(1 + x / 10.0 for x in range(1, 100)) + tuple(
+    float(a) for a in range(12, 64)
+)
+"""Opacus' default Rényi orders, to reproduce Opacus' RDP numbers exactly."""
+
 _STATE_VERSION = 1
 
 
@@ -230,8 +235,12 @@ class RdpAccountant(_EventHistory):
 
     name: str = "rdp"
 
+    def __init__(self, *, orders: Sequence[float] = RDP_ORDERS) -> None:
+        super().__init__()
+        self._orders = tuple(float(a) for a in orders)
+
     def _build(self) -> Any:
-        return rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
+        return rdp_privacy_accountant.RdpAccountant(orders=list(self._orders))
 
 
 def make_accountant(name: str) -> Accountant:
