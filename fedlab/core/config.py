@@ -25,7 +25,7 @@ DATASETS = ("digits", "synthetic", "files")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
-DP_MODES = ("none", "dpsgd", "central")
+DP_MODES = ("none", "dpsgd", "central", "distributed")
 CLIENT_ACCOUNTANTS = ("rdp", "prv")
 SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
 SAMPLING = ("auto", "fraction", "poisson")
@@ -288,6 +288,40 @@ class SimulationSection:
 
 
 @dataclass(frozen=True)
+class SecAggSection:
+    """Secure aggregation (SecAgg+): the server learns only the sum of the updates.
+
+    ``neighbours`` and ``threshold`` of 0 mean automatic (k = O(log n) neighbours, t
+    just above k/2). Updates are encoded to integers mod 2^``bits`` after clipping each
+    coordinate to [-``clip_range``, ``clip_range``] (with ``dp.mode = "distributed"``
+    the Skellam mechanism encodes instead, and ``clip_range`` is unused). A round
+    aborts, releasing nothing, when fewer than ``min_survivors`` (a fraction of the
+    sampled clients) reach unmasking; distributed DP calibrates its noise for that
+    many survivors. ``simulate_dropout`` drops that fraction of sampled clients at
+    random protocol stages (testing the dropout handling in simulation).
+    """
+
+    enabled: bool = False
+    neighbours: int = 0
+    threshold: int = 0
+    bits: int = 32
+    clip_range: float = 1.0
+    min_survivors: float = 0.7
+    simulate_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_min("secagg.neighbours", self.neighbours, 0)
+        _check_min("secagg.threshold", self.threshold, 0)
+        if not 8 <= self.bits <= 62:
+            raise _fail("secagg.bits", f"must be in [8, 62]; got {self.bits!r}")
+        _check_min("secagg.clip_range", self.clip_range, 0.0, inclusive=False)
+        if not 0.0 < self.min_survivors <= 1.0:
+            raise _fail("secagg.min_survivors", f"must be in (0, 1]; got {self.min_survivors!r}")
+        if not 0.0 <= self.simulate_dropout < 1.0:
+            raise _fail("secagg.simulate_dropout", f"must be in [0, 1); got {self.simulate_dropout!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole, validated run configuration."""
 
@@ -298,6 +332,11 @@ class RunConfig:
     dp: DpSection = field(default_factory=DpSection)
     server: ServerSection = field(default_factory=ServerSection)
     simulation: SimulationSection = field(default_factory=SimulationSection)
+    secagg: SecAggSection = field(default_factory=SecAggSection)
+
+    def __post_init__(self) -> None:
+        if self.dp.mode == "distributed" and not self.secagg.enabled:
+            raise _fail("dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the config as nested plain dicts, omitting unset optional values."""
