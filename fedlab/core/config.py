@@ -336,7 +336,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.dp.mode == "distributed" and not self.secagg.enabled:
-            raise _fail("dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true")
+            raise _fail(
+                "dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the config as nested plain dicts, omitting unset optional values."""
