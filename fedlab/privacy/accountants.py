@@ -30,6 +30,7 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.prv import PrvAccountant
 
@@ -53,8 +54,6 @@ OPACUS_RDP_ORDERS: tuple[float, ...] = tuple(1 + x / 10.0 for x in range(1, 100)
     float(a) for a in range(12, 64)
 )
 """Opacus' default Rényi orders, to reproduce Opacus' RDP numbers exactly."""
-
-_STATE_VERSION = 1
 
 
 @runtime_checkable
@@ -120,7 +119,7 @@ class _EventHistory:
             Epsilon (0.0 if nothing was composed, ``inf`` after a noiseless release).
 
         """
-        _check_delta(delta)
+        check_delta(delta)
         if not self._events:
             return 0.0
         return max(0.0, float(self._accountant().get_epsilon(delta)))
@@ -135,7 +134,7 @@ class _EventHistory:
             Delta in [0, 1] (0.0 if nothing was composed).
 
         """
-        _check_epsilon(epsilon)
+        check_epsilon(epsilon)
         if not self._events:
             return 0.0
         return min(1.0, max(0.0, float(self._accountant().get_delta(epsilon))))
@@ -148,7 +147,7 @@ class _EventHistory:
         """Returns the JSON-serializable state: name, version, settings and events."""
         return {
             "accountant": self.name,
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "settings": self._settings(),
             "events": [event.to_dict() for event in self._events],
         }
@@ -163,7 +162,7 @@ class _EventHistory:
             ValueError: If ``state`` is malformed or from another kind of accountant.
 
         """
-        events = _parse_state(state, name=self.name)
+        events = parse_state(state, name=self.name)
         self._load_settings(state.get("settings", {}))
         self._events = events
         self._built = None
@@ -294,15 +293,6 @@ def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str
     return acc.epsilon(delta=delta)
 
 
-def _merged(events: Sequence[GaussianEvent]) -> list[GaussianEvent]:
-    """Merges events with equal (noise multiplier, sample rate), summing steps."""
-    steps: dict[tuple[float, float], int] = {}
-    for event in events:
-        key = (event.noise_multiplier, event.sample_rate)
-        steps[key] = steps.get(key, 0) + event.steps
-    return [GaussianEvent(noise_multiplier=z, sample_rate=q, steps=t) for (z, q), t in steps.items()]
-
-
 def _to_dp_event(events: Sequence[GaussianEvent]) -> Any:
     """Translates events into one dp_accounting ``ComposedDpEvent``."""
     return dp_accounting.ComposedDpEvent(
@@ -313,32 +303,9 @@ def _to_dp_event(events: Sequence[GaussianEvent]) -> Any:
                 ),
                 e.steps,
             )
-            for e in _merged(events)
+            for e in merged_events(events)
         ]
     )
-
-
-def _parse_state(state: Mapping[str, Any], *, name: str) -> list[GaussianEvent]:
-    if not isinstance(state, Mapping):
-        raise ValueError(f"accountant state must be a mapping; got {type(state).__name__}")
-    if state.get("accountant") != name:
-        raise ValueError(f"state is for accountant {state.get('accountant')!r}, not {name!r}")
-    if state.get("version") != _STATE_VERSION:
-        raise ValueError(f"unsupported accountant state version {state.get('version')!r}")
-    raw = state.get("events")
-    if not isinstance(raw, list | tuple):
-        raise ValueError("accountant state has no list of events")
-    return [GaussianEvent.from_dict(item) for item in raw]
-
-
-def _check_delta(delta: float) -> None:
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1); got {delta!r}")
-
-
-def _check_epsilon(epsilon: float) -> None:
-    if not (math.isfinite(epsilon) and epsilon >= 0.0):
-        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
 
 
 def _check_interval(interval: float) -> float:

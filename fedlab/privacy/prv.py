@@ -58,6 +58,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import fft, integrate, special
 
+from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
 from fedlab.privacy.events import GaussianEvent
 
 FloatArray = NDArray[np.float64]
@@ -85,8 +86,6 @@ _QUADRATURE_POINTS = 4001
 
 _DELTA_SPLITS = (0.1, 0.03, 0.01, 0.003, 0.001)
 """Fractions of delta tried for the rounding-error probability delta_H (the best is used)."""
-
-_STATE_VERSION = 1
 
 
 # --- the privacy loss of one step ------------------------------------------------------------------
@@ -481,7 +480,7 @@ class PrvAccountant:
             True
 
         """
-        _check_delta(delta)
+        check_delta(delta)
         if not self._events:
             return 0.0, 0.0
         if any(e.noise_multiplier == 0.0 for e in self._events):
@@ -508,7 +507,7 @@ class PrvAccountant:
             Delta in [0, 1] (0.0 if nothing was composed).
 
         """
-        _check_epsilon(epsilon)
+        check_epsilon(epsilon)
         if not self._events:
             return 0.0
         if any(e.noise_multiplier == 0.0 for e in self._events):
@@ -532,7 +531,7 @@ class PrvAccountant:
         """Returns the JSON-serializable state: name, version, settings and events."""
         return {
             "accountant": self.name,
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "settings": {"relative_error": self._relative, "absolute_error": self._absolute},
             "events": [event.to_dict() for event in self._events],
         }
@@ -547,7 +546,7 @@ class PrvAccountant:
             ValueError: If ``state`` is malformed or from another kind of accountant.
 
         """
-        events = _parse_state(state, name=self.name)
+        events = parse_state(state, name=self.name)
         settings = state.get("settings", {})
         if not isinstance(settings, Mapping):
             raise ValueError("accountant state settings must be a mapping")
@@ -559,7 +558,7 @@ class PrvAccountant:
 
     def _prepared(self) -> tuple[_Direction, ...]:
         if self._directions is None:
-            merged = _merged(self._events)
+            merged = merged_events(self._events)
             both = any(e.sample_rate < 1.0 for e in merged)
             self._directions = tuple(
                 _Direction.build(
@@ -617,38 +616,6 @@ def _delta_upper(c: _Composition, epsilon: float) -> float:
 
 def _slack_of(compositions: Sequence[_Composition], delta: float) -> list[float]:
     return [c.rounding_slack(0.01 * delta) for c in compositions]
-
-
-def _merged(events: Sequence[GaussianEvent]) -> list[GaussianEvent]:
-    """Merges events with equal (noise multiplier, sample rate), summing steps."""
-    steps: dict[tuple[float, float], int] = {}
-    for event in events:
-        key = (event.noise_multiplier, event.sample_rate)
-        steps[key] = steps.get(key, 0) + event.steps
-    return [GaussianEvent(noise_multiplier=z, sample_rate=q, steps=t) for (z, q), t in steps.items()]
-
-
-def _parse_state(state: Mapping[str, Any], *, name: str) -> list[GaussianEvent]:
-    if not isinstance(state, Mapping):
-        raise ValueError(f"accountant state must be a mapping; got {type(state).__name__}")
-    if state.get("accountant") != name:
-        raise ValueError(f"state is for accountant {state.get('accountant')!r}, not {name!r}")
-    if state.get("version") != _STATE_VERSION:
-        raise ValueError(f"unsupported accountant state version {state.get('version')!r}")
-    raw = state.get("events")
-    if not isinstance(raw, list | tuple):
-        raise ValueError("accountant state has no list of events")
-    return [GaussianEvent.from_dict(item) for item in raw]
-
-
-def _check_delta(delta: float) -> None:
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1); got {delta!r}")
-
-
-def _check_epsilon(epsilon: float) -> None:
-    if not (math.isfinite(epsilon) and epsilon >= 0.0):
-        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
 
 
 def _check_error(name: str, value: object) -> float:
