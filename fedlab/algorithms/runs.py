@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
 from fedlab.algorithms.dp_fedavg import DpFedAvgSettings, run_dp_fedavg
 from fedlab.algorithms.federation import ClientTransport, FedAvgSettings, RoundRecorder, run_fedavg
+from fedlab.algorithms.secure_fedavg import (
+    SecureFedAvgSettings,
+    SecureTransport,
+    ddp_params,
+    fixed_point_codec,
+    run_secure_fedavg,
+)
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError
 from fedlab.privacy.adaptive_clipping import AdaptiveClipState
 from fedlab.privacy.calibration import calibrate_noise_multiplier
+from fedlab.secagg.crypto import seeded_source
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ def sampling_of(config: RunConfig) -> str:
     """``poisson`` or ``fraction``: the config's choice with ``auto`` resolved."""
     if config.server.sampling != "auto":
         return config.server.sampling
-    return "poisson" if config.dp.mode == "central" else "fraction"
+    return "poisson" if config.dp.mode in ("central", "distributed") else "fraction"
 
 
 def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings:
@@ -81,6 +90,45 @@ def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings
     return settings
 
 
+def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureFedAvgSettings:
+    """Secure-aggregation settings from a config; distributed DP is calibrated for the planned rounds.
+
+    Raises:
+        ConfigError: If the encoding cannot hold the cohort's sum, the distributed-DP target is
+            unreachable, DP-FedAvg's central noise is combined with secure aggregation, or
+            distributed DP would be accounted as Poisson sampling while sampling fixed fractions.
+    """
+    dp, sa, rate = config.dp, config.secagg, config.server.fraction_train
+    sampling = sampling_of(config)
+    if dp.mode == "central":
+        raise ConfigError(
+            "dp.mode: 'central' adds noise on the server; with secagg.enabled use 'distributed'"
+        )
+    if dp.mode == "distributed" and sampling == "fraction" and rate < 1.0:
+        raise ConfigError(
+            "server.sampling: distributed DP is accounted with Poisson sampling; use 'poisson' or 'auto'"
+        )
+    if sa.neighbours and sa.threshold and sa.threshold > sa.neighbours:
+        raise ConfigError(
+            f"secagg.threshold: must be <= secagg.neighbours; got {sa.threshold} > {sa.neighbours}"
+        )
+    ddp = None
+    if dp.mode == "distributed":
+        ddp = ddp_params(
+            dim=dim, num_clients=num_clients, sample_rate=rate, rounds=config.run.rounds, clip=dp.clip_norm,
+            bits=sa.bits, min_survivors=sa.min_survivors, delta=dp.delta,
+            noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon,
+        )  # fmt: skip
+    else:
+        fixed_point_codec(bits=sa.bits, clip=sa.clip_range, max_summands=num_clients)  # refuses overflow
+    return SecureFedAvgSettings(
+        rounds=config.run.rounds, fraction_train=rate, sampling=sampling, seed=config.run.seed,
+        num_clients=num_clients, bits=sa.bits, neighbours=sa.neighbours, threshold=sa.threshold,
+        clip_range=sa.clip_range, min_survivors=sa.min_survivors, ddp=ddp, delta=dp.delta,
+        max_epsilon=dp.max_epsilon,
+    )  # fmt: skip
+
+
 def noise_generator(config: RunConfig, *, secure: bool) -> np.random.Generator:
     """The server's noise generator: seeded for reproducible simulation, else from os.urandom."""
     if secure:
@@ -91,13 +139,17 @@ def noise_generator(config: RunConfig, *, secure: bool) -> np.random.Generator:
 def run_configured(
     config: RunConfig,
     *,
-    transport: ClientTransport,
+    transport: ClientTransport | SecureTransport,
     recorder: RoundRecorder,
     initial_weights: Sequence[np.ndarray],
     num_clients: int,
     secure_noise: bool = False,
 ) -> RunOutcome:
-    """Run the round loop the config asks for (FedAvg, or user-level DP-FedAvg).
+    """Run the round loop the config asks for (FedAvg, user-level DP-FedAvg, or secure aggregation).
+
+    With ``secagg.enabled`` the transport must be a :class:`SecureTransport` (it runs the SecAgg+
+    stages); the loop is :func:`~fedlab.algorithms.secure_fedavg.run_secure_fedavg`, with distributed
+    DP when ``dp.mode = "distributed"``.
 
     Args:
         config: The validated run configuration.
@@ -106,8 +158,27 @@ def run_configured(
         initial_weights: The starting global model.
         num_clients: The population size N (the DP-FedAvg denominator is q*N).
         secure_noise: Draw server noise from a secret seed (deployment) instead of the
-            run seed (reproducible simulation).
+            run seed (reproducible simulation); with secure aggregation, also the public graph
+            seeds (``os.urandom`` instead of a source seeded by the run seed).
+
+    Raises:
+        ConfigError: If secure aggregation is enabled but the transport cannot run its stages.
     """
+    if config.secagg.enabled:
+        if not isinstance(transport, SecureTransport):
+            raise ConfigError("secagg.enabled: this backend's transport cannot run secure-aggregation stages")
+        dim = int(sum(np.asarray(w).size for w in initial_weights))
+        secure = run_secure_fedavg(
+            transport=transport,
+            recorder=recorder,
+            initial_weights=initial_weights,
+            settings=secure_settings(config, num_clients=num_clients, dim=dim),
+            source=os.urandom if secure_noise else seeded_source(f"fedlab/server/{config.run.seed}".encode()),
+        )
+        return RunOutcome(secure.weights, secure.stopped_because)
+    if not hasattr(transport, "train"):
+        raise ConfigError("secagg.enabled is false but this transport only runs secure-aggregation stages")
+    transport = cast(ClientTransport, transport)
     if config.dp.mode == "central":
         outcome = run_dp_fedavg(
             transport=transport,

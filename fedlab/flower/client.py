@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlab.core.config import RunConfig
@@ -29,10 +29,17 @@ from fedlab.flower.records import (
     identity_reply_content,
     train_reply_content,
 )
+from fedlab.flower.secure_transport import SECAGG, weights_of
+from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
+from fedlab.training.secure_client import SecureClient
 
 PRIVACY_STATE = "fedlab-privacy"
+SECAGG_STATE = "fedlab-secagg"
+"""Context-state record of the client's secret per-round SecAgg+ state (deleted after unmasking)."""
+SECAGG_ERROR = 0
+"""Error code of a refused or (simulated) dropped secure-aggregation stage (Flower's UNKNOWN)."""
 
 ConfigSource = Callable[[Context], RunConfig]
 
@@ -136,6 +143,8 @@ class FedlabClient:
         self._max_trainers = max_trainers
         self._token = token or uuid.uuid4().hex
         self.runtime = ClientRuntime(max_trainers=max_trainers)
+        # Partition sources are simulations: seeded SecAgg randomness (reproducible); else os.urandom.
+        self.secure = SecureClient(self.runtime, seeded=isinstance(source, PartitionDataSource))
 
     def __reduce__(self) -> tuple[object, tuple[str, ClientDataSource, int]]:
         """Unpickle into this process's instance for the same app (see module docstring)."""
@@ -159,6 +168,41 @@ class FedlabClient:
         )
         store_history(context.state, history)
         return Message(train_reply_content(report), reply_to=msg)
+
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Answer one SecAgg+ stage (``train.secagg``); keep the secret round state in ``context.state``.
+
+        A refused stage (protocol violation, malformed message) or a simulated dropout answers
+        with an error and forgets the round's state; the server counts the client as dropped.
+        """
+        config = self._source.config(context)
+        data = self._source.data(context)
+        state = context.state.config_records.get(SECAGG_STATE)
+        stored = state.get("state") if state is not None else None
+        try:
+            call = msg.content.config_records[SECAGG]["call"]
+            if not isinstance(call, bytes):
+                raise ValueError("the stage call is not bytes")
+            answer = self.secure.answer(
+                config,
+                data,
+                call,
+                state=stored if isinstance(stored, bytes) else None,
+                weights=weights_of(msg.content),
+                history=load_history(context.state),
+            )
+        except (KeyError, ValueError, SecAggError) as exc:
+            context.state.config_records.pop(SECAGG_STATE, None)
+            return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
+        if answer.history is not None:
+            store_history(context.state, answer.history)
+        if answer.state is None:
+            context.state.config_records.pop(SECAGG_STATE, None)
+        else:
+            context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
+        if answer.reply is None:
+            return Message(Error(code=SECAGG_ERROR, reason="simulated dropout"), reply_to=msg)
+        return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the server's identity query with this client's stable id."""
@@ -187,10 +231,11 @@ def _client_in_process(token: str, source: ClientDataSource, max_trainers: int) 
 
 
 def make_client_app(source: ClientDataSource) -> ClientApp:
-    """Build the ClientApp serving train and evaluate messages from ``source``."""
+    """Build the ClientApp serving train, evaluate and SecAgg+ stage messages from ``source``."""
     client = FedlabClient(source)
     app = ClientApp()
     app.train()(client.train)
+    app.train("secagg")(client.secagg)
     app.evaluate()(client.evaluate)
     app.query()(client.query)
     return app

@@ -26,6 +26,7 @@ from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.data.federated import build_federated_data
 from fedlab.flower.records import arrays_record, client_id_from_content, split_replies
+from fedlab.flower.secure_transport import FlowerSecureTransport
 from fedlab.flower.strategy import FedlabFedAvg
 from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import RunRecorder
@@ -149,9 +150,14 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
         rng=np.random.default_rng([config.run.seed, 1]),
         clients=clients,
     )
+    transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
+        grid, strategy, clients, timeout=config.server.timeout
+    )
+    if config.secagg.enabled:
+        transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)
     outcome = run_configured(
         config,
-        transport=FlowerTransport(grid, strategy, clients, timeout=config.server.timeout),
+        transport=transport,
         recorder=recorder,
         initial_weights=get_weights(model),
         num_clients=len(clients),

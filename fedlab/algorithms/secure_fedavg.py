@@ -1,0 +1,578 @@
+"""Federated averaging under secure aggregation (SecAgg+), with optional distributed DP (Skellam).
+
+This is where :mod:`fedlab.secagg` (the protocol) and :mod:`fedlab.privacy` (the Skellam mechanism
+and its accountant) meet. The server side of a round, transport-free:
+
+1. sample the cohort (fraction, or Poisson as distributed DP's accountant assumes), give each
+   sampled client a per-round protocol index 0..m-1 and draw fresh public :class:`SecAggParams`;
+2. drive the four stages through a :class:`SecureTransport`: each stage sends one message per
+   client and gets back the replies that arrived; a missing or malformed reply is a dropout;
+3. clients **train during the masked-input stage** (stage 2): the global weights travel with the
+   stage 2 messages, so a client's delta is encoded and masked as soon as it exists and is never
+   stored between stages. Stage 2 also carries the encoding (:class:`FixedPointCodec` or
+   :class:`SkellamParams`); the rotation seed of distributed DP is the public round seed;
+4. unmask, take the modular sum, decode it and apply the mean delta.
+
+Denominators (public, and documented in the metrics): **plain SecAgg** averages the included
+clients' deltas with equal weights, dividing the decoded sum by the number of clients whose masked
+input is in the sum (public: the server knows who sent one). Weighting by examples would need each
+weight inside the secure sum (x_k * w_k and w_k both summed), which is not done. **Distributed DP**
+divides by the fixed expected cohort ``q * N`` (never the realised number of survivors, which is
+not private), as DP-FedAvg does: dropouts shrink the step by survivors / expected.
+
+Aborts: a round whose protocol aborts (too few clients at some stage, a survivor with fewer than t
+live neighbours, a malformed protocol message), whose cohort is below ``min_survivors`` or above the
+encoding's capacity, keeps the model unchanged, releases nothing and records why in the metrics
+(``aborted`` = stage, ``abort_reason``); the next round goes on. Under distributed DP the spend is
+committed (``FederationSpend(mechanism="skellam-ddp")``) only for rounds whose sum was unmasked,
+before the model is released; an aborted round released nothing and spends nothing.
+
+What this stops: the server learning any client's update (only the sum of at least
+``min_survivors`` inputs is ever unmasked); with distributed DP, anyone (the server included)
+learning more about a client's participation than the ledger's epsilon. What it does not stop:
+see :mod:`fedlab.secagg` (malicious server beyond SecAgg+, Sybils, poisoning) and
+:mod:`fedlab.privacy.skellam` (clients withholding noise). Per-client public metadata (number of
+examples, the client's own DP-SGD spend) still reaches the server.
+
+The transport protocol (:class:`SecureTransport`): ``available_clients()`` and
+``stage(request) -> StageReplies``. ``request.messages`` maps a client id to its stage message
+(stage 0: :class:`SetupMessage`; 1: :class:`NeighbourRoster`; 2: :class:`MaskedInputMessage`;
+3: :class:`UnmaskRequest`); ``request.weights`` is the global model (stage 2 only, the same for
+every client). The transport returns the replies that arrived before its timeout (stage 0:
+:class:`KeyAdvert`; 1: :class:`EncryptedShares`; 2: :class:`MaskedReply`; 3: :class:`UnmaskResponse`),
+keyed by client id. It must keep each client's secret state between stages on the client side
+(the server never sees it) and may drop any reply (that is a dropout).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from fedlab.algorithms.federation import RoundRecorder, round_seed
+from fedlab.algorithms.sampling import sample_fraction, sample_poisson
+from fedlab.core.errors import ConfigError
+from fedlab.core.reports import TrainReport
+from fedlab.core.update import Update
+from fedlab.privacy.ledger import FederationSpend
+from fedlab.privacy.skellam import (
+    SkellamAccountant,
+    SkellamEvent,
+    SkellamParams,
+    calibrate_skellam_noise_multiplier,
+    noise_is_sufficient,
+)
+from fedlab.privacy.skellam import decode_sum as skellam_decode_sum
+from fedlab.secagg import protocol
+from fedlab.secagg.crypto import RandomSource
+from fedlab.secagg.encoding import FixedPointCodec
+from fedlab.secagg.encoding import decode_sum as fixed_decode_sum
+from fedlab.secagg.errors import EncodingError, SecAggError, Stage
+from fedlab.secagg.graph import suggest_neighbours, suggest_threshold
+from fedlab.secagg.messages import (
+    EncryptedShares,
+    KeyAdvert,
+    MaskedInput,
+    NeighbourRoster,
+    SecAggParams,
+    SecureSum,
+    ShareDelivery,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+LOG = logging.getLogger("fedlab.secure_fedavg")
+MECHANISM = "skellam-ddp"
+
+# ---- the stage transport protocol --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetupMessage:
+    """Stage 0, server -> client: the round's public parameters and the client's protocol index."""
+
+    params: SecAggParams
+    index: int
+
+
+@dataclass(frozen=True)
+class MaskedInputMessage:
+    """Stage 2, server -> client: the shares addressed to it and how to encode its delta."""
+
+    delivery: ShareDelivery
+    encoding: FixedPointCodec | SkellamParams
+
+
+@dataclass(frozen=True)
+class MaskedReply:
+    """Stage 2, client -> server: the masked input and public metadata.
+
+    Attributes:
+        masked: y_u, uniform mod m on its own.
+        num_examples: The client's number of training examples (public metadata).
+        epsilon: The client's own cumulative DP-SGD epsilon (inf without DP-SGD).
+        noise_multiplier: Its DP-SGD noise multiplier (0 without).
+        sample_rate: Its DP-SGD sampling rate (1 without).
+        steps: Its optimizer steps this round.
+
+    """
+
+    masked: MaskedInput
+    num_examples: int
+    epsilon: float = math.inf
+    noise_multiplier: float = 0.0
+    sample_rate: float = 1.0
+    steps: int = 0
+
+
+ServerStageMessage = SetupMessage | NeighbourRoster | MaskedInputMessage | UnmaskRequest
+ClientStageMessage = KeyAdvert | EncryptedShares | MaskedReply | UnmaskResponse
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """One stage of one round, as the transport carries it.
+
+    Attributes:
+        round_num: The federation round (also the SecAgg round id).
+        round_seed: The round's public seed (training seed, rotation seed, dropout draws).
+        stage: Which stage.
+        messages: Client id -> its message for this stage.
+        weights: The global model (stage 2 only; empty otherwise).
+
+    """
+
+    round_num: int
+    round_seed: int
+    stage: Stage
+    messages: Mapping[str, ServerStageMessage]
+    weights: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageReplies:
+    """What came back from one stage: replies by client id, and why others did not answer."""
+
+    replies: Mapping[str, ClientStageMessage] = field(default_factory=dict)
+    failures: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class SecureTransport(Protocol):
+    """Carries SecAgg+ stage messages to clients and their replies back (see the module docstring)."""
+
+    def available_clients(self) -> list[str]:
+        """The stable ids of the clients that can be sampled now."""
+        ...
+
+    def stage(self, request: StageRequest) -> StageReplies:
+        """Deliver each client its stage message; return the replies that arrived in time."""
+        ...
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecureFedAvgSettings:
+    """A secure-aggregation run.
+
+    Attributes:
+        rounds: Planned rounds.
+        fraction_train: Fraction of clients (``fraction``) or sampling rate q (``poisson``).
+        sampling: ``fraction`` or ``poisson``.
+        seed: Run seed (sampling; the per-round public seeds derive from it).
+        num_clients: N, the population (the distributed-DP denominator is q * N).
+        bits: The SecAgg modulus is 2^bits.
+        neighbours: SecAgg+ degree k (0: automatic, O(log n)).
+        threshold: Shamir threshold t (0: automatic, k // 2 + 1).
+        clip_range: Plain SecAgg: per-coordinate clip of the fixed-point encoding.
+        min_survivors: Fraction of the (expected) cohort whose inputs must be in the sum.
+        ddp: Distributed DP parameters (calibrated), or None for plain SecAgg.
+        delta: Distributed DP: the run's delta.
+        max_epsilon: Distributed DP: stop before a round that would exceed this epsilon.
+
+    """
+
+    rounds: int
+    fraction_train: float
+    sampling: str
+    seed: int
+    num_clients: int
+    bits: int
+    neighbours: int = 0
+    threshold: int = 0
+    clip_range: float = 1.0
+    min_survivors: float = 0.7
+    ddp: SkellamParams | None = None
+    delta: float = 1e-5
+    max_epsilon: float | None = None
+
+    @property
+    def expected_cohort(self) -> float:
+        """The expected cohort q * N: the fixed denominator of distributed DP."""
+        return self.fraction_train * self.num_clients
+
+    def min_included(self, sampled: int) -> int:
+        """Fewest inputs a released sum must hold (at least 2: one input is not a sum)."""
+        if self.ddp is not None:
+            return max(2, self.ddp.min_survivors)
+        return max(2, math.ceil(self.min_survivors * sampled - 1e-9))
+
+    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+        """Draw one round's clients."""
+        if self.sampling == "poisson":
+            return sample_poisson(client_ids, rate=self.fraction_train, rng=rng)
+        return sample_fraction(client_ids, fraction=self.fraction_train, rng=rng)
+
+    def round_event(self) -> SkellamEvent:
+        """One released distributed-DP round, as the accountant sees it (worst case: min survivors)."""
+        assert self.ddp is not None
+        return SkellamEvent(params=self.ddp, sample_rate=self.fraction_train, steps=1)
+
+
+def cohort_cap(expected: float, population: int, sample_rate: float) -> int:
+    """The largest Poisson cohort a distributed-DP round accepts: q*N + 4 standard deviations.
+
+    >>> cohort_cap(10.0, 10, 1.0)
+    10
+    """
+    spread = math.sqrt(max(expected * (1.0 - sample_rate), 0.0))
+    return min(population, math.ceil(expected + 4.0 * spread))
+
+
+def ddp_params(
+    *,
+    dim: int,
+    num_clients: int,
+    sample_rate: float,
+    rounds: int,
+    clip: float,
+    bits: int,
+    min_survivors: float,
+    delta: float,
+    noise_multiplier: float | None,
+    target_epsilon: float | None,
+) -> SkellamParams:
+    """Distributed-DP parameters; a target epsilon is calibrated for ``min_survivors`` x q*N survivors.
+
+    Raises:
+        ConfigError: If the configuration is infeasible (too few bits) or the target unreachable.
+
+    """
+    expected = sample_rate * num_clients
+    cap = cohort_cap(expected, num_clients, sample_rate)
+    survivors = min(cap, max(2, math.ceil(min_survivors * expected - 1e-9)))
+    try:
+        if noise_multiplier is None:
+            assert target_epsilon is not None
+            noise_multiplier = calibrate_skellam_noise_multiplier(
+                target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=rounds,
+                clip=clip, num_clients=cap, min_survivors=survivors, bits=bits, dim=dim,
+            )  # fmt: skip
+        return SkellamParams(
+            clip=clip, noise_multiplier=noise_multiplier, num_clients=cap, min_survivors=survivors,
+            bits=bits, dim=dim,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"dp (distributed): {exc}") from None
+
+
+def fixed_point_codec(*, bits: int, clip: float, max_summands: int) -> FixedPointCodec:
+    """The finest fixed-point codec whose sum of ``max_summands`` values cannot wrap.
+
+    Raises:
+        ConfigError: If ``bits`` cannot hold that many summands (a one-line reason).
+
+    """
+    try:
+        return FixedPointCodec.for_sum(bits=bits, clip=clip, max_summands=max_summands)
+    except EncodingError as exc:
+        raise ConfigError(f"secagg.bits: {exc}") from None
+
+
+# ---- the round ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecureRoundOutcome:
+    """One round: the mean delta (None if aborted), who is included, and the metrics."""
+
+    mean_delta: list[np.ndarray] | None
+    reports: tuple[TrainReport, ...]
+    extra: dict[str, float | int | str]
+
+
+class RoundAbortedError(Exception):
+    """A round stopped cleanly before anything was unmasked."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+def _valid(
+    replies: StageReplies,
+    kind: type,
+    index: Mapping[str, int],
+    round_num: int,
+    failures: list[str],
+) -> dict[str, ClientStageMessage]:
+    """Keep the replies of the right type, sender and round; count the rest as dropouts."""
+    kept: dict[str, ClientStageMessage] = {}
+    failures.extend(replies.failures)
+    for cid, reply in replies.replies.items():
+        inner = reply.masked if isinstance(reply, MaskedReply) else reply
+        if (
+            cid not in index
+            or not isinstance(reply, kind)
+            or getattr(inner, "sender", None) != index[cid]
+            or getattr(inner, "round_id", None) != round_num
+        ):
+            failures.append(f"client {cid}: unexpected reply {type(reply).__name__}")
+            continue
+        kept[cid] = reply
+    return kept
+
+
+def _shapes_split(flat: npt.NDArray[np.float64], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape)) if shape else 1
+        out.append(flat[start : start + size].reshape(shape))
+        start += size
+    return out
+
+
+def secure_round(
+    transport: SecureTransport,
+    settings: SecureFedAvgSettings,
+    *,
+    round_num: int,
+    sampled: Sequence[str],
+    weights: Sequence[np.ndarray],
+    source: RandomSource,
+) -> SecureRoundOutcome:
+    """Run one secure round; return the mean delta or a clean abort (model unchanged).
+
+    Args:
+        transport: Carries the stages.
+        settings: The run's settings.
+        round_num: The round number (the SecAgg round id).
+        sampled: The cohort.
+        weights: The global model (sent with stage 2).
+        source: Server randomness (the public graph seed): ``os.urandom`` in deployment.
+
+    """
+    shapes = [tuple(np.shape(w)) for w in weights]
+    dim = int(sum(int(np.prod(s)) if s else 1 for s in shapes))
+    seed = round_seed(settings.seed, round_num)
+    failures: list[str] = []
+    extra: dict[str, float | int | str] = {"sampled": len(sampled)}
+    try:
+        summed, included, reports = _drive(
+            transport, settings, round_num, seed, sampled, weights, dim, source, failures, extra
+        )
+    except RoundAbortedError as abort:
+        LOG.warning("round %d aborted at %s: %s", round_num, abort.stage, abort.reason)
+        extra.update(aborted=abort.stage, abort_reason=abort.reason, failures=len(failures))
+        return SecureRoundOutcome(None, (), extra)
+    extra.update(included=len(included), failures=len(failures))
+    if settings.ddp is not None:
+        total = skellam_decode_sum(summed.total.astype(np.int64), settings.ddp, seed=seed)
+        mean = total / settings.expected_cohort
+        extra["denominator"] = settings.expected_cohort
+    else:
+        codec = fixed_point_codec(bits=settings.bits, clip=settings.clip_range, max_summands=len(sampled))
+        mean = fixed_decode_sum(summed.total, codec, num_summands=len(included)) / len(included)
+        extra["denominator"] = len(included)
+    return SecureRoundOutcome(_shapes_split(mean, shapes), reports, extra)
+
+
+def _drive(
+    transport: SecureTransport,
+    settings: SecureFedAvgSettings,
+    round_num: int,
+    seed: int,
+    sampled: Sequence[str],
+    weights: Sequence[np.ndarray],
+    dim: int,
+    source: RandomSource,
+    failures: list[str],
+    extra: dict[str, float | int | str],
+) -> tuple[SecureSum, frozenset[int], tuple[TrainReport, ...]]:
+    need = settings.min_included(len(sampled))
+    if len(sampled) < need:
+        raise RoundAbortedError("SAMPLING", f"{len(sampled)} clients sampled, at least {need} needed")
+    encoding: FixedPointCodec | SkellamParams
+    if settings.ddp is not None:
+        encoding = settings.ddp
+        if len(sampled) > encoding.num_clients:
+            raise RoundAbortedError(
+                "SAMPLING", f"{len(sampled)} clients sampled, the encoding allows {encoding.num_clients}"
+            )
+        length, modulus = encoding.padded_dim, encoding.modulus
+    else:
+        encoding = fixed_point_codec(bits=settings.bits, clip=settings.clip_range, max_summands=len(sampled))
+        length, modulus = dim, encoding.modulus
+    index = {cid: i for i, cid in enumerate(sampled)}
+    client_of = {i: cid for cid, i in index.items()}
+    k = settings.neighbours or suggest_neighbours(len(sampled))
+    k = min(k, len(sampled) - 1)
+    t = min(settings.threshold or suggest_threshold(k), k)
+    if t < 2:
+        raise RoundAbortedError("SAMPLING", f"{len(sampled)} clients give threshold {t}, at least 2 needed")
+    params = SecAggParams(round_num, length, modulus, k, t, source(32), need)
+    extra.update(neighbours=k, threshold=t)
+
+    def stage(
+        which: Stage, messages: Mapping[str, ServerStageMessage], kind: type
+    ) -> dict[str, ClientStageMessage]:
+        request = StageRequest(
+            round_num, seed, which, dict(messages), tuple(weights) if which == Stage.MASKED_INPUT else ()
+        )
+        return _valid(transport.stage(request), kind, index, round_num, failures)
+
+    try:
+        adverts = stage(Stage.ADVERTISE_KEYS, {c: SetupMessage(params, index[c]) for c in sampled}, KeyAdvert)
+        roster, rosters = protocol.server_collect_adverts(
+            params, [a for a in adverts.values() if isinstance(a, KeyAdvert)]
+        )
+        shares = stage(Stage.SHARE_KEYS, {client_of[i]: r for i, r in rosters.items()}, EncryptedShares)
+        shared, deliveries = protocol.server_route_shares(
+            roster, [s for s in shares.values() if isinstance(s, EncryptedShares)]
+        )
+        masked_msgs = {client_of[i]: MaskedInputMessage(d, encoding) for i, d in deliveries.items()}
+        masked = stage(Stage.MASKED_INPUT, masked_msgs, MaskedReply)
+        masked_replies = [m for m in masked.values() if isinstance(m, MaskedReply)]
+        collected, requests = protocol.server_collect_masked(shared, [m.masked for m in masked_replies])
+        if settings.ddp is not None and not noise_is_sufficient(len(collected.masked), settings.ddp):
+            raise RoundAbortedError(
+                Stage.MASKED_INPUT.name,
+                f"{len(collected.masked)} noise shares, {settings.ddp.min_survivors} needed",
+            )
+        responses = stage(Stage.UNMASK, {client_of[i]: r for i, r in requests.items()}, UnmaskResponse)
+        summed = protocol.server_unmask(
+            collected, [r for r in responses.values() if isinstance(r, UnmaskResponse)]
+        )
+    except SecAggError as exc:
+        where = getattr(exc, "stage", None)
+        raise RoundAbortedError(
+            where.name if isinstance(where, Stage) else "PROTOCOL", getattr(exc, "reason", str(exc))
+        ) from None
+    reports = tuple(
+        TrainReport(
+            client_id=client_of[m.masked.sender],
+            update=Update(arrays=(), num_examples=m.num_examples, weight=1.0),
+            train_loss=math.nan,  # not reported under secure aggregation: it is per-client data
+            epsilon=m.epsilon,
+            noise_multiplier=m.noise_multiplier,
+            sample_rate=m.sample_rate,
+            steps=m.steps,
+        )
+        for m in masked_replies
+        if m.masked.sender in summed.included
+    )
+    return summed, summed.included, reports
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecureFedAvgOutcome:
+    """How a secure run ended."""
+
+    weights: list[np.ndarray]
+    rounds_completed: int
+    rounds_aborted: int
+    epsilon: float | None
+    stopped_because: str
+
+
+def run_secure_fedavg(
+    *,
+    transport: SecureTransport,
+    recorder: RoundRecorder,
+    initial_weights: Sequence[np.ndarray],
+    settings: SecureFedAvgSettings,
+    source: RandomSource,
+) -> SecureFedAvgOutcome:
+    """Run federated averaging under SecAgg+ (and distributed DP if ``settings.ddp``).
+
+    Epsilon (distributed DP) is computed once per round on the server by a
+    :class:`SkellamAccountant` and committed to the ledger through the recorder before the
+    round's model is released; an aborted round commits nothing and releases the unchanged model.
+
+    Args:
+        transport: Carries the stages (see :class:`SecureTransport`).
+        recorder: Commits spending, then releases each round's model.
+        initial_weights: The starting global model.
+        settings: The run's settings.
+        source: Server randomness (graph seeds): ``os.urandom`` in deployment, seeded in simulation.
+
+    Returns:
+        The final weights, rounds completed and aborted, epsilon spent and why the run stopped.
+
+    """
+    rng = np.random.default_rng([settings.seed, 1])
+    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    accountant = SkellamAccountant() if settings.ddp is not None else None
+    epsilon: float | None = 0.0 if accountant is not None else None
+    aborted = 0
+    recorder.start()
+    for round_num in range(1, settings.rounds + 1):
+        next_epsilon = None
+        if accountant is not None:
+            trial = SkellamAccountant()
+            for event in (*accountant.events(), settings.round_event()):
+                trial.compose(event)
+            next_epsilon = trial.epsilon(delta=settings.delta)
+            if settings.max_epsilon is not None and next_epsilon > settings.max_epsilon:
+                reason = (
+                    f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
+                    f"> max_epsilon {settings.max_epsilon:g}"
+                )
+                return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
+        started = time.perf_counter()
+        sampled = settings.sample(transport.available_clients(), rng)
+        outcome = secure_round(
+            transport, settings, round_num=round_num, sampled=sampled, weights=weights, source=source
+        )
+        federation: list[FederationSpend] = []
+        if outcome.mean_delta is None:
+            aborted += 1
+        else:
+            weights = [
+                (w.astype(np.float64) + d).astype(np.float32)
+                for w, d in zip(weights, outcome.mean_delta, strict=True)
+            ]
+            if accountant is not None and settings.ddp is not None and next_epsilon is not None:
+                accountant.compose(settings.round_event())
+                epsilon = next_epsilon
+                federation.append(
+                    FederationSpend(
+                        mechanism=MECHANISM,
+                        noise_multiplier=settings.ddp.noise_multiplier,
+                        sample_rate=settings.fraction_train,
+                        steps=1,
+                        epsilon=epsilon,
+                    )
+                )
+        recorder.release_round(
+            round_num,
+            weights,
+            outcome.reports,
+            seconds=time.perf_counter() - started,
+            extra=outcome.extra,
+            federation=federation,
+        )
+    return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")

@@ -1,0 +1,139 @@
+"""Carrying SecAgg+ stages over a Flower Grid with Message-API messages.
+
+Each stage is one ``send_and_receive`` of ``train.secagg`` messages (a custom action of the
+``train`` category, registered by :func:`fedlab.flower.client.make_client_app`). A message's content
+holds the stage call as bytes (``secagg`` config record, see :mod:`fedlab.training.secure_client`)
+and, at the masked-input stage, the global weights (``arrays``); a reply holds the stage reply as
+bytes. An error reply, a missing reply (timeout) or a malformed one is a dropout: the protocol
+handles it. The client keeps its secret per-round state in its own ``context.state``; nothing secret
+travels to the server except encrypted shares.
+
+This module only moves messages: the server side of the protocol is
+:mod:`fedlab.algorithms.secure_fedavg`, the client side :mod:`fedlab.training.secure_client`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedlab.algorithms.secure_fedavg import (
+    ClientStageMessage,
+    MaskedInputMessage,
+    MaskedReply,
+    ServerStageMessage,
+    SetupMessage,
+    StageReplies,
+    StageRequest,
+)
+from fedlab.secagg.messages import MaskedInput, NeighbourRoster
+from fedlab.training.secure_client import StageReply, WireObject, call_bytes, parse_reply
+
+LOG = logging.getLogger("fedlab.secure_transport")
+
+SECAGG = "secagg"
+"""Config record holding a stage call (``call``) or reply (``reply``) as bytes."""
+ARRAYS = "arrays"
+MESSAGE_TYPE = f"{MessageType.TRAIN}.secagg"
+"""The message type of every stage message: ``train`` category, ``secagg`` action."""
+
+
+def call_parts(message: ServerStageMessage) -> dict[str, WireObject]:
+    """The named wire parts of a server -> client stage message."""
+    if isinstance(message, SetupMessage):
+        return {"params": message.params, "index": message.index}
+    if isinstance(message, MaskedInputMessage):
+        return {"delivery": message.delivery, "encoding": message.encoding}
+    if isinstance(message, NeighbourRoster):
+        return {"roster": message}
+    return {"request": message}
+
+
+def encode_call(request: StageRequest, message: ServerStageMessage) -> bytes:
+    """Serialize one client's stage message."""
+    return call_bytes(
+        request.stage, round_num=request.round_num, round_seed=request.round_seed, parts=call_parts(message)
+    )
+
+
+def decode_reply(data: bytes, request: StageRequest) -> ClientStageMessage:
+    """Parse a client's stage reply into the loop's type; ValueError if malformed or off-stage."""
+    reply: StageReply = parse_reply(data)
+    if reply.stage != request.stage or reply.round_num != request.round_num:
+        raise ValueError(f"reply to stage {reply.stage.name} of round {reply.round_num}")
+    if isinstance(reply.message, MaskedInput):
+        meta = reply.meta
+        epsilon = float(meta.get("epsilon", -1.0))
+        return MaskedReply(
+            masked=reply.message,
+            num_examples=int(meta.get("num-examples", 0)),
+            epsilon=math.inf if epsilon < 0 else epsilon,
+            noise_multiplier=float(meta.get("noise-multiplier", 0.0)),
+            sample_rate=float(meta.get("sample-rate", 1.0)),
+            steps=int(meta.get("steps", 0)),
+        )
+    return reply.message
+
+
+class FlowerSecureTransport:
+    """A :class:`~fedlab.algorithms.secure_fedavg.SecureTransport` over a Flower Grid.
+
+    Args:
+        grid: The Grid of the running ServerApp.
+        clients: Node id to client id, from the identity query.
+        timeout: Seconds to wait for each stage's replies; late clients have dropped out.
+
+    """
+
+    def __init__(self, grid: Grid, clients: Mapping[int, str], *, timeout: float) -> None:
+        self._grid = grid
+        self._clients = dict(clients)
+        self._nodes = {cid: node for node, cid in clients.items()}
+        self._timeout = timeout
+
+    def available_clients(self) -> list[str]:
+        """Client ids of the nodes connected now."""
+        connected = set(self._grid.get_node_ids())
+        return [cid for node, cid in self._clients.items() if node in connected]
+
+    def stage(self, request: StageRequest) -> StageReplies:
+        """Send each client its stage message; decode the replies that came back in time."""
+        messages = []
+        for cid, message in request.messages.items():
+            content = RecordDict({SECAGG: ConfigRecord({"call": encode_call(request, message)})})
+            if request.weights:
+                content[ARRAYS] = ArrayRecord([np.asarray(w) for w in request.weights])
+            messages.append(Message(content=content, dst_node_id=self._nodes[cid], message_type=MESSAGE_TYPE))
+        return self._collect(self._grid.send_and_receive(messages, timeout=self._timeout), request)
+
+    def _collect(self, replies: Iterable[Message], request: StageRequest) -> StageReplies:
+        got: dict[str, ClientStageMessage] = {}
+        failures: list[str] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            cid = self._clients.get(node, f"node {node}")
+            if msg.has_error():
+                failures.append(f"client {cid}: {msg.error.reason}")
+                continue
+            try:
+                data = msg.content.config_records[SECAGG]["reply"]
+                if not isinstance(data, bytes):
+                    raise ValueError("the reply is not bytes")
+                got[cid] = decode_reply(data, request)
+            except (KeyError, ValueError, TypeError) as exc:
+                failures.append(f"client {cid}: malformed {request.stage.name} reply ({exc})")
+        for reason in failures:
+            LOG.info("round %d stage %s: %s", request.round_num, request.stage.name, reason)
+        return StageReplies(got, tuple(failures))
+
+
+def weights_of(content: RecordDict) -> Sequence[np.ndarray]:
+    """The global weights carried by a stage message (empty unless it is the masked-input stage)."""
+    if ARRAYS not in content.array_records:
+        return ()
+    return content.array_records[ARRAYS].to_numpy_ndarrays()

@@ -1,0 +1,90 @@
+"""An in-process SecureTransport for tests: real clients (ClientRuntime + digits), real wire bytes.
+
+Every stage message is serialized with the Flower transport's codec, answered by
+:class:`fedlab.training.secure_client.SecureClient` with its state kept as bytes between stages
+(as under Flower's Ray engine), and the reply parsed back. ``dropouts`` injects losses:
+round -> stage -> client ids that send nothing from that stage on. ``carried`` keeps every reply
+the "server" received, to check what it could see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
+
+from fedlab.algorithms.secure_fedavg import ClientStageMessage, StageReplies, StageRequest
+from fedlab.core.config import RunConfig
+from fedlab.data.federated import build_federated_data
+from fedlab.flower.secure_transport import decode_reply, encode_call
+from fedlab.secagg.errors import SecAggError, Stage
+from fedlab.training.client_runtime import ClientData, ClientRuntime
+from fedlab.training.local import PrivacyStep
+from fedlab.training.secure_client import SecureClient
+
+Dropouts = Mapping[int, Mapping[Stage, Set[str]]]
+
+
+@dataclass
+class LocalSecureTransport:
+    """Runs the clients of ``config`` in this process."""
+
+    config: RunConfig
+    dropouts: Dropouts = field(default_factory=dict)
+    carried: list[tuple[int, Stage, str, ClientStageMessage]] = field(default_factory=list)
+    states: dict[str, bytes] = field(default_factory=dict)
+    histories: dict[str, tuple[PrivacyStep, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.federated = build_federated_data(self.config.data, seed=self.config.run.seed)
+        self.runtime = ClientRuntime()
+        self.client = SecureClient(self.runtime, seeded=True)
+
+    def data(self, cid: str) -> ClientData:
+        return ClientData(
+            client_id=cid,
+            train=self.federated.client(int(cid)),
+            num_classes=self.federated.num_classes,
+            feature_shape=self.federated.feature_shape,
+        )
+
+    def available_clients(self) -> list[str]:
+        return [str(i) for i in range(self.config.data.num_clients)]
+
+    def _lost(self, round_num: int, stage: Stage, cid: str) -> bool:
+        plan = self.dropouts.get(round_num, {})
+        return any(cid in clients for s, clients in plan.items() if s <= stage)
+
+    def stage(self, request: StageRequest) -> StageReplies:
+        replies: dict[str, ClientStageMessage] = {}
+        failures: list[str] = []
+        for cid, message in request.messages.items():
+            if self._lost(request.round_num, request.stage, cid):
+                self.states.pop(cid, None)
+                failures.append(f"client {cid}: injected dropout")
+                continue
+            try:
+                answer = self.client.answer(
+                    self.config,
+                    self.data(cid),
+                    encode_call(request, message),
+                    state=self.states.get(cid),
+                    weights=request.weights,
+                    history=self.histories.get(cid, ()),
+                )
+            except (ValueError, SecAggError) as exc:
+                self.states.pop(cid, None)
+                failures.append(f"client {cid}: refused ({exc})")
+                continue
+            if answer.history is not None:
+                self.histories[cid] = answer.history
+            if answer.state is None:
+                self.states.pop(cid, None)
+            else:
+                self.states[cid] = answer.state
+            if answer.reply is None:
+                failures.append(f"client {cid}: simulated dropout")
+                continue
+            reply = decode_reply(answer.reply, request)
+            self.carried.append((request.round_num, request.stage, cid, reply))
+            replies[cid] = reply
+        return StageReplies(replies, tuple(failures))

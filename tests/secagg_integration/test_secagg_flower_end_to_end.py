@@ -1,0 +1,56 @@
+"""``fedlab simulate simulations/digits-secagg-ddp.toml`` on Flower's engine: SecAgg+ with distributed DP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.sim.processes import kill_tree, process_tree, start_fedlab
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_flower_secagg_ddp_run_trains_and_records_epsilon(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = start_fedlab(
+        "simulate",
+        str(REPO / "simulations" / "digits-secagg-ddp.toml"),
+        "--set",
+        "run.rounds=3",
+        "--set",
+        "data.num_clients=12",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    tracked: list[int] = []
+    try:
+        while proc.poll() is None:
+            tracked = process_tree(proc.pid) or tracked
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+        output = proc.stdout.read() if proc.stdout else ""
+    finally:
+        kill_tree(proc.pid, tracked)
+    assert proc.returncode == 0, output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    released = [r for r in rows if "aborted" not in r]
+    assert released, rows
+    for row in released:
+        assert row["included"] >= 9  # ceil(0.7 * 12) noise shares at least
+        assert row["denominator"] == 12.0
+    with sqlite3.connect(out / "ledger.sqlite") as db:
+        query = "SELECT round, mechanism, epsilon FROM federation_spend ORDER BY round"
+        spends = db.execute(query).fetchall()
+    assert [r[0] for r in spends] == [r["round"] for r in released]
+    assert all(m == "skellam-ddp" for _, m, _ in spends) and 0.0 < spends[-1][2] <= 8.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epsilon_user"] == pytest.approx(spends[-1][2])
+    assert 0.0 <= summary["accuracy"] <= 1.0
