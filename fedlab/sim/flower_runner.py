@@ -52,7 +52,9 @@ def simulate_with_flower(config: RunConfig, run_dir: Path, observer: RoundObserv
 
     backend_config: dict[str, Any] = {
         "client_resources": client_resources(config),
-        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
+        "init_args": {"address": config.simulation.ray_address, "include_dashboard": False}
+        if config.simulation.ray_address  # join a running Ray cluster (``ray start --head``)
+        else {"num_cpus": os.cpu_count() or 1, "include_dashboard": False},
     }
     _quiet_flower_logs()
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
