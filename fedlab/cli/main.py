@@ -21,6 +21,7 @@ from rich.table import Table
 from fedlab.core.config import RunConfig, load_config
 from fedlab.core.errors import ConfigError, FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
+from fedlab.data.types import FederatedData
 
 T = TypeVar("T")
 
@@ -64,17 +65,22 @@ def fresh_run_dir(config: RunConfig, out: Path | None) -> Path:
     return candidate
 
 
-def _check_data(config: RunConfig) -> None:
+def _check_data(config: RunConfig) -> FederatedData:
+    """Build the run's data once, refusing a batch larger than the smallest client."""
     from fedlab.data.federated import build_federated_data, check_batch_size
 
-    check_batch_size(build_federated_data(config.data, seed=config.run.seed), config.train.batch_size)
+    data = build_federated_data(config.data, seed=config.run.seed)
+    check_batch_size(data, config.train.batch_size)
+    return data
 
 
-def _simulate(config: RunConfig, run_dir: Path, observer: RoundObserver) -> dict[str, Any]:
+def _simulate(
+    config: RunConfig, run_dir: Path, observer: RoundObserver, data: FederatedData | None = None
+) -> dict[str, Any]:
     if config.simulation.backend == "inline":
         from fedlab.sim.inline import simulate_inline
 
-        return simulate_inline(config, run_dir, observer)
+        return simulate_inline(config, run_dir, observer, data=data)
     from fedlab.sim.flower_runner import simulate_with_flower
 
     return simulate_with_flower(config, run_dir, observer)
@@ -106,10 +112,15 @@ def simulate(
         Path | None, typer.Option("--out", help="Run directory (default: a new one under runs/).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar (for scripts).")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="inline (fast, in-process) or flower (Ray); overrides the config."),
+    ] = None,
 ) -> None:
     """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
-    config = _guarded(lambda: load_config(config_path, overrides or []))
-    _guarded(lambda: _check_data(config))
+    chosen = [f'simulation.backend="{backend}"'] if backend is not None else []
+    config = _guarded(lambda: load_config(config_path, [*(overrides or []), *chosen]))
+    data = _guarded(lambda: _check_data(config))
     run_dir = _guarded(lambda: fresh_run_dir(config, out))
     console = Console()
     console.print(f"run directory: {run_dir}", highlight=False)
@@ -117,7 +128,7 @@ def simulate(
     from fedlab.cli.progress import RichRoundProgress
 
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
-    summary = _guarded(lambda: _simulate(config, run_dir, observer))
+    summary = _guarded(lambda: _simulate(config, run_dir, observer, data))
     write_run_plots(run_dir)
     if not quiet:
         _print_summary(console, summary)

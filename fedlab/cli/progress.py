@@ -47,9 +47,10 @@ class RichRoundProgress:
 
     def on_round(self, metrics: RoundMetrics) -> None:
         """Advance the bar and show the round's accuracy and epsilon."""
+        rate = metrics.clients / metrics.seconds if metrics.seconds > 0 else 0.0
         status = (
             f"acc {metrics.accuracy:.3f}  loss {metrics.loss:.3f}  "
-            f"eps max {_eps(metrics.epsilon_max)}  clients {metrics.clients}  {metrics.seconds:.1f}s"
+            f"eps max {_eps(metrics.epsilon_max)}  clients {metrics.clients}  {rate:.1f} clients/s"
         )
         self._progress.update(self._task, advance=1, status=status)
 

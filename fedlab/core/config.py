@@ -241,7 +241,7 @@ class SimulationSection:
     ``ray_address`` points the ``flower`` backend at a running Ray cluster.
     """
 
-    backend: str = "flower"
+    backend: str = "inline"
     num_cpus_per_client: float = 1.0
     num_gpus_per_client: float = 0.25
     workers: int | None = None

@@ -203,7 +203,12 @@ def _failures(client_ids: Sequence[str], outcome: RoundOutcome) -> tuple[str, ..
 
 
 def simulate_inline(
-    config: RunConfig, run_dir: Path, observer: RoundObserver, *, wait_for_workers: bool = False
+    config: RunConfig,
+    run_dir: Path,
+    observer: RoundObserver,
+    *,
+    wait_for_workers: bool = False,
+    data: FederatedData | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` with the inline backend and return the run summary.
 
@@ -214,9 +219,12 @@ def simulate_inline(
         wait_for_workers: Start the worker processes first and wait until they are
             up (tests use it to make sure the workers train); by default they start
             in the background only when the run is long enough to need them.
+        data: The run's data if the caller already built it from ``config.data`` and
+            ``config.run.seed`` (the CLI does, to check it); built here otherwise.
     """
     torch.set_num_threads(1)  # one thread per training process, as each worker
-    data = build_federated_data(config.data, seed=config.run.seed)
+    if data is None:
+        data = build_federated_data(config.data, seed=config.run.seed)
     model = build_model(
         config.model.kind,
         feature_shape=data.feature_shape,

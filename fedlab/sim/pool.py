@@ -32,6 +32,9 @@ _JOIN_SECONDS = 5.0
 class WorkerError(FedlabError):
     """A simulator worker failed to start or to train its clients."""
 
+_BOOT_WAIT_SECONDS = 60.0
+"""How long closing waits for workers that are still starting."""
+
 
 def _context() -> ForkServerContext | SpawnContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -90,7 +93,7 @@ class WorkerPool:
             ctx = _context()
             for _ in range(self._size):
                 if self._closing.is_set():
-                    return
+                    break  # start no more, but let those already starting finish
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=worker_main, args=(child, self._config, self._data), daemon=True)
                 proc.start()
@@ -148,9 +151,16 @@ class WorkerPool:
         return answers
 
     def close(self) -> None:
-        """Stop the workers (those still booting stop as soon as they are up)."""
+        """Stop the workers; wait for any still booting, so none is killed mid-start.
+
+        A worker killed while it unpickles its start-up arguments prints a traceback;
+        letting the boot finish (it stops no later than ``_BOOT_WAIT_SECONDS``) keeps
+        the end of a run quiet.
+        """
+        self._closing.set()
+        if self._thread is not None:
+            self._booted.wait(_BOOT_WAIT_SECONDS)
         with self._lock:
-            self._closing.set()
             if self._booted.is_set():
                 self._stop()
 
