@@ -10,7 +10,7 @@ runs in every simulator and in deployment.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -99,12 +99,17 @@ class FedAvgSettings:
         return sample_fraction(client_ids, fraction=self.fraction_train, rng=rng)
 
 
+Sampler = Callable[[int, np.random.Generator], Sequence[str]]
+"""Draws one round's client ids: ``(round_num, rng) -> ids``."""
+
+
 def run_fedavg(
     *,
     transport: ClientTransport,
     recorder: RoundRecorder,
     initial_weights: Sequence[np.ndarray],
     settings: FedAvgSettings,
+    sampler: Sampler | None = None,
 ) -> list[np.ndarray]:
     """Run federated averaging of client deltas for ``settings.rounds`` rounds.
 
@@ -114,15 +119,20 @@ def run_fedavg(
     recorder, which commits its privacy spending before it releases the model. A
     round where no client answered keeps the previous model.
 
+    ``sampler`` replaces the default draw over ``transport.available_clients()``; a
+    simulator with millions of clients samples by index instead of listing them, and
+    must draw the same clients from the same generator state.
+
     Returns:
         The final global weights.
     """
+    draw = sampler or (lambda _round, rng: settings.sample(transport.available_clients(), rng))
     rng = np.random.default_rng([settings.seed, 1])
     weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
         started = time.perf_counter()
-        sampled = settings.sample(transport.available_clients(), rng)
+        sampled = draw(round_num, rng)
         plan = RoundPlan(
             round_num=round_num, client_ids=tuple(sampled), seed=round_seed(settings.seed, round_num)
         )

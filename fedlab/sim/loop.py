@@ -2,9 +2,8 @@
 
 :func:`~fedlab.algorithms.federation.run_fedavg` samples over the list of client id
 strings that ``available_clients()`` returns, which it sorts every round: at 10^6
-clients that alone takes seconds. :func:`run_simulated_fedavg` is the same loop
-(same generator, same round seeds, same averaging, same recorder calls) with the
-sampling done over integer client indices, so a round costs what its sampled
+clients that alone takes seconds. :func:`run_simulated_fedavg` runs that loop with
+the sampling done over integer client indices, so a round costs what its sampled
 clients cost. :func:`sample_indices` draws exactly the clients that
 :func:`~fedlab.algorithms.sampling.sample_fraction` and
 :func:`~fedlab.algorithms.sampling.sample_poisson` draw from the same generator
@@ -13,15 +12,13 @@ state (``tests/sim/test_inline_sampling.py``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from fedlab.algorithms.fedavg import apply_fedavg
-from fedlab.algorithms.federation import FedAvgSettings, RoundPlan, RoundRecorder, round_seed
+from fedlab.algorithms.federation import FedAvgSettings, RoundPlan, RoundRecorder, run_fedavg
 from fedlab.core.reports import RoundReplies
 
 SAMPLERS = ("fraction", "poisson")
@@ -65,6 +62,10 @@ def sample_indices(
 class SimulatedTransport(Protocol):
     """A transport that samples its own population by index and trains a plan."""
 
+    def available_clients(self) -> list[str]:
+        """Every available client id (listed only by loops that do not sample by index)."""
+        ...
+
     def sample(
         self, round_num: int, rng: np.random.Generator, *, mode: str, fraction: float
     ) -> tuple[str, ...]:
@@ -83,7 +84,7 @@ def run_simulated_fedavg(
     initial_weights: Sequence[np.ndarray],
     settings: FedAvgSettings,
 ) -> list[np.ndarray]:
-    """Run federated averaging like ``run_fedavg``, sampling through the transport by index.
+    """Run :func:`~fedlab.algorithms.federation.run_fedavg`, sampling through the transport by index.
 
     ``settings.sampling`` and ``settings.fraction_train`` choose the sampler, as in
     ``run_fedavg``; the clients drawn from the same seed are the same.
@@ -91,26 +92,14 @@ def run_simulated_fedavg(
     Returns:
         The final global weights.
     """
-    rng = np.random.default_rng([settings.seed, 1])
-    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
-    recorder.start()
-    for round_num in range(1, settings.rounds + 1):
-        started = time.perf_counter()
-        plan = RoundPlan(
-            round_num=round_num,
-            client_ids=transport.sample(
-                round_num, rng, mode=settings.sampling, fraction=settings.fraction_train
-            ),
-            seed=round_seed(settings.seed, round_num),
-        )
-        replies = transport.train(plan, weights)
-        if replies.reports:
-            weights = apply_fedavg(weights, [r.update for r in replies.reports])
-        recorder.release_round(
-            round_num,
-            weights,
-            replies.reports,
-            seconds=time.perf_counter() - started,
-            extra={"failures": len(replies.failures), **replies.extra},
-        )
-    return weights
+
+    def by_index(round_num: int, rng: np.random.Generator) -> tuple[str, ...]:
+        return transport.sample(round_num, rng, mode=settings.sampling, fraction=settings.fraction_train)
+
+    return run_fedavg(
+        transport=transport,
+        recorder=recorder,
+        initial_weights=initial_weights,
+        settings=settings,
+        sampler=by_index,
+    )
