@@ -206,16 +206,28 @@ class FedlabClient:
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the server's identity query with this client's stable id."""
-        return Message(identity_reply_content(self._source.client_id(context)), reply_to=msg)
+        return identity_reply(self._source, msg, context)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Evaluate the received global model on the client's local data."""
-        config = self._source.config(context)
-        data = self._source.data(context)
-        weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
-        loss, accuracy = self.runtime.evaluate(config, data, weights)
-        metrics = MetricRecord({"num-examples": len(data.train), "loss": loss, "accuracy": accuracy})
-        return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+        return evaluate_reply(self.runtime, self._source, msg, context)
+
+
+def identity_reply(source: ClientDataSource, msg: Message, context: Context) -> Message:
+    """Reply to the identity query with the source's stable client id."""
+    return Message(identity_reply_content(source.client_id(context)), reply_to=msg)
+
+
+def evaluate_reply(
+    runtime: ClientRuntime, source: ClientDataSource, msg: Message, context: Context
+) -> Message:
+    """Evaluate the received model on the client's local data; reply with loss and accuracy."""
+    config = source.config(context)
+    data = source.data(context)
+    weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
+    loss, accuracy = runtime.evaluate(config, data, weights)
+    metrics = MetricRecord({"num-examples": len(data.train), "loss": loss, "accuracy": accuracy})
+    return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
 _PROCESS_CLIENTS: dict[str, FedlabClient] = {}

@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError, DataError, FedlabError
 from fedlab.data.files import load_local_files
 from fedlab.data.types import ArrayDataset
-from fedlab.flower.client import ClientDataSource, ConfigSource, FedlabClient
-from fedlab.flower.records import ARRAYS, CONFIG, METRICS, identity_reply_content, train_reply_content
+from fedlab.flower.client import ClientDataSource, ConfigSource, FedlabClient, evaluate_reply, identity_reply
+from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow, SpendRow
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history
 from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime, dp_spec, optim_spec
@@ -304,16 +304,11 @@ class EdgeClient:
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the identity query with the device id."""
-        return Message(identity_reply_content(self._source.client_id(context)), reply_to=msg)
+        return identity_reply(self._source, msg, context)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Evaluate the received model on the device's local data."""
-        config = self._source.config(context)
-        data = self._source.data(context)
-        weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
-        loss, accuracy = self.runtime.evaluate(config, data, weights)
-        metrics = MetricRecord({"num-examples": len(data.train), "loss": loss, "accuracy": accuracy})
-        return Message(RecordDict({METRICS: metrics}), reply_to=msg)
+        return evaluate_reply(self.runtime, self._source, msg, context)
 
 
 class NodeDispatcher:
