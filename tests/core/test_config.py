@@ -65,3 +65,9 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("[run\nrounds = 1\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "simulations").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_simulation_config_loads(path):
+    config = load_config(path)
+    assert config.run.rounds >= 1 and config.data.num_clients >= 1
