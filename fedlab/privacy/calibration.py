@@ -71,28 +71,62 @@ def calibrate_noise_multiplier(
     start = 1.0
     if accountant == "pld":
         proxy = _coarse_pld_fn(delta=delta, sample_rate=sample_rate, steps=steps)
-        start = _search(proxy, target=target_epsilon, start=1.0, factor=2.0, tolerance=tolerance)
-    return _search(
+        start = search_noise_multiplier(
+            proxy, target=target_epsilon, start=1.0, factor=2.0, tolerance=tolerance
+        )
+    return search_noise_multiplier(
         exact, target=target_epsilon, start=start, factor=1.0 + 2.0 * tolerance, tolerance=tolerance
     )
 
 
-def _search(eps: EpsilonFn, *, target: float, start: float, factor: float, tolerance: float) -> float:
-    """Brackets the answer around ``start`` (galloping from ``factor``), then bisects."""
-    lo, hi = _bracket(eps, target=target, start=start, factor=factor)
+_UNREACHABLE_HINT = "raise the target or delta, or reduce sample_rate or steps"
+
+
+def search_noise_multiplier(
+    eps: EpsilonFn,
+    *,
+    target: float,
+    tolerance: float,
+    start: float = 1.0,
+    factor: float = 2.0,
+    floor: float = MIN_NOISE_MULTIPLIER,
+    hint: str = _UNREACHABLE_HINT,
+) -> float:
+    """Smallest noise multiplier found with ``eps(z) <= target``, for any decreasing epsilon curve.
+
+    Brackets the answer around ``start`` (galloping from ``factor``), then bisects
+    to the relative ``tolerance``; the result never overshoots the target. Every
+    mechanism's calibration (Gaussian here, Skellam in :mod:`fedlab.privacy.skellam`)
+    uses this one search.
+
+    Args:
+        eps: Epsilon as a function of the noise multiplier (decreasing).
+        target: The epsilon not to exceed.
+        tolerance: Relative precision on the noise multiplier.
+        start: Where the bracket search starts.
+        factor: First galloping step (squared after every miss).
+        floor: Smallest noise multiplier searched (returned if it already meets the target).
+        hint: What to do, appended to the error when even :data:`MAX_NOISE_MULTIPLIER` fails.
+
+    Raises:
+        ValueError: If the target would need more than :data:`MAX_NOISE_MULTIPLIER`.
+    """
+    lo, hi = _bracket(eps, target=target, start=start, factor=factor, floor=floor, hint=hint)
     return _bisect(eps, target=target, lo=lo, hi=hi, tolerance=tolerance)
 
 
-def _bracket(eps: EpsilonFn, *, target: float, start: float, factor: float) -> tuple[float, float]:
+def _bracket(
+    eps: EpsilonFn, *, target: float, start: float, factor: float, floor: float, hint: str
+) -> tuple[float, float]:
     """Returns (lo, hi) with eps(lo) > target >= eps(hi); lo == hi at the search floor.
 
     The step factor squares after every miss, so a far-off start costs only
     O(log log) extra evaluations.
     """
-    z = min(max(start, MIN_NOISE_MULTIPLIER), MAX_NOISE_MULTIPLIER)
+    z = min(max(start, floor), MAX_NOISE_MULTIPLIER)
     if eps(z) <= target:
-        while z > MIN_NOISE_MULTIPLIER:
-            lower = max(z / factor, MIN_NOISE_MULTIPLIER)
+        while z > floor:
+            lower = max(z / factor, floor)
             if eps(lower) > target:
                 return lower, z
             z, factor = lower, factor * factor
@@ -104,7 +138,7 @@ def _bracket(eps: EpsilonFn, *, target: float, start: float, factor: float) -> t
         z, factor = upper, factor * factor
     raise ValueError(
         f"target_epsilon={target!r} is unreachable: even noise multiplier {MAX_NOISE_MULTIPLIER:g} "
-        "exceeds it; raise the target or delta, or reduce sample_rate or steps"
+        f"exceeds it; {hint}"
     )
 
 

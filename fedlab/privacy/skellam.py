@@ -66,6 +66,7 @@ import numpy.typing as npt
 from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import special
 
+from fedlab.privacy.calibration import search_noise_multiplier
 from fedlab.privacy.rotation import padded_dim, rotate, unrotate
 
 __all__ = [
@@ -106,7 +107,6 @@ MAX_ROUNDING_ATTEMPTS = 1000
 
 _MAX_LAMBDA = 1e18  # numpy's Poisson sampler refuses larger rates
 _MIN_NOISE_MULTIPLIER = 0.05
-_MAX_NOISE_MULTIPLIER = 1e6
 _STATE_VERSION = 1
 
 
@@ -873,38 +873,13 @@ def calibrate_skellam_noise_multiplier(
         acc.compose(SkellamEvent(params=params, sample_rate=sample_rate, steps=steps))
         return acc.epsilon(delta=delta)
 
-    lo, hi = _bracket(eps, target=target_epsilon)
-    while hi - lo > tolerance * hi:
-        mid = 0.5 * (lo + hi)
-        if eps(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def _bracket(eps: Callable[[float], float], *, target: float) -> tuple[float, float]:
-    """Returns (lo, hi) with eps(lo) > target >= eps(hi), galloping from z = 1 (lo == hi at the floor)."""
-    z, factor = 1.0, 2.0
-    if eps(z) <= target:
-        while z > _MIN_NOISE_MULTIPLIER:
-            lower = max(z / factor, _MIN_NOISE_MULTIPLIER)
-            if eps(lower) > target:
-                return lower, z
-            z, factor = lower, factor * factor
-        return z, z
-    while z < _MAX_NOISE_MULTIPLIER:
-        upper = min(z * factor, _MAX_NOISE_MULTIPLIER)
-        if eps(upper) <= target:
-            return z, upper
-        z, factor = upper, factor * factor
-    raise ValueError(
-        f"target_epsilon={target!r} is unreachable: even noise multiplier {_MAX_NOISE_MULTIPLIER:g} "
-        "exceeds it (rounding with too few bits, or too many steps); raise bits or the target"
+    return search_noise_multiplier(
+        eps,
+        target=target_epsilon,
+        tolerance=tolerance,
+        floor=_MIN_NOISE_MULTIPLIER,
+        hint="rounding with too few bits, or too many steps; raise bits or the target",
     )
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _merged(events: Sequence[SkellamEvent]) -> list[SkellamEvent]:
