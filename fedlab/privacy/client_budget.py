@@ -35,10 +35,11 @@ from fedlab.core.errors import LedgerError
 
 _APPLICATION_ID = 0x46444342  # "FDCB": marks the file as a fedlab client budget
 
+# Flower run ids are unsigned 64-bit and can exceed SQLite's signed INTEGER: stored as text.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
     server_round INTEGER NOT NULL,
     noise_multiplier REAL NOT NULL CHECK (noise_multiplier >= 0),
     sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS spend (
 );
 CREATE TABLE IF NOT EXISTS refusal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
     server_round INTEGER NOT NULL,
     planned_epsilon REAL NOT NULL,
     max_epsilon REAL NOT NULL,
@@ -171,7 +172,7 @@ class ClientBudget:
                     "INSERT INTO spend (run_id, server_round, noise_multiplier, sample_rate, steps, "
                     "epsilon, committed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
-                        row.run_id,
+                        str(row.run_id),
                         row.server_round,
                         row.noise_multiplier,
                         row.sample_rate,
@@ -191,7 +192,7 @@ class ClientBudget:
             conn.execute(
                 "INSERT INTO refusal (run_id, server_round, planned_epsilon, max_epsilon, refused_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (row.run_id, row.server_round, row.planned_epsilon, row.max_epsilon, _now()),
+                (str(row.run_id), row.server_round, row.planned_epsilon, row.max_epsilon, _now()),
             )
 
     def close(self) -> None:

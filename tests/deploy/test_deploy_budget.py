@@ -22,6 +22,20 @@ CONFIG = config_from_dict(
 )
 
 
+def test_budget_stores_run_ids_beyond_signed_64_bits(tmp_path):
+    # Flower run ids are unsigned 64-bit; SQLite INTEGER is signed.
+    big = 2**64 - 1
+    row = SpendRow(run_id=big, server_round=1, noise_multiplier=1.0, sample_rate=0.05, steps=18, epsilon=2.5)
+    with ClientBudget.open(tmp_path / "budget.sqlite") as budget:
+        budget.commit_spend(row)
+        budget.record_refusal(RefusalRow(run_id=big, server_round=2, planned_epsilon=3.0, max_epsilon=2.8))
+    with ClientBudget.open(tmp_path / "budget.sqlite") as budget:
+        assert budget.spends() == [row]
+        assert budget.refusals()[0].run_id == big
+        with pytest.raises(LedgerError, match="already spent"):
+            budget.commit_spend(row)
+
+
 def test_budget_persists_across_reopen_and_never_records_a_round_twice(tmp_path):
     path = tmp_path / "budget.sqlite"
     row = SpendRow(run_id=7, server_round=1, noise_multiplier=1.0, sample_rate=0.05, steps=18, epsilon=2.5)
