@@ -48,3 +48,18 @@ def wait_until(predicate, *, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def run_to_end(*args: str, cwd: Path) -> tuple[int, str]:
+    """Run ``fedlab ARGS`` to completion, tracking its process tree, and kill whatever it leaves."""
+    proc = start_fedlab(*args, cwd=cwd)
+    tracked: list[psutil.Process] = []
+    try:
+        while proc.poll() is None:
+            tracked = process_tree(proc.pid) or tracked
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+        output = proc.stdout.read() if proc.stdout else ""
+    finally:
+        kill_tree(proc.pid, tracked)
+    return proc.returncode, output

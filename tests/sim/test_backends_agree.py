@@ -1,13 +1,12 @@
 """The in-process backend and Flower's engine run the same logic: same seed, same weights."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .processes import kill_tree, process_tree, start_fedlab
+from .processes import run_to_end
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "run.rounds=2", "--set", "server.fraction_train=0.5", "--set", "train.local_epochs=1"]
@@ -16,18 +15,8 @@ SMALL = ["--set", "run.rounds=2", "--set", "server.fraction_train=0.5", "--set",
 def run_backend(backend: str, out: Path) -> dict:
     config = str(REPO / "simulations" / "digits.toml")
     args = ["simulate", config, *SMALL, "--set", f'simulation.backend="{backend}"']
-    proc = start_fedlab(*args, "--quiet", "--out", str(out), cwd=out.parent)
-    tracked = []
-    try:
-        while proc.poll() is None:
-            tracked = process_tree(proc.pid) or tracked
-            try:
-                proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-    finally:
-        kill_tree(proc.pid, tracked)
-    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+    code, output = run_to_end(*args, "--quiet", "--out", str(out), cwd=out.parent)
+    assert code == 0, output
     return json.loads((out / "summary.json").read_text())
 
 

@@ -1,7 +1,6 @@
 """Same seed, same model: inline with worker processes, inline in-process, and Flower agree."""
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
 from fedlab.sim.inline import simulate_inline
 
-from .processes import kill_tree, process_tree, start_fedlab
+from .processes import run_to_end
 from .test_backends_agree import SMALL, run_backend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,18 +25,8 @@ def run_inline(out: Path, workers: int, extra: tuple[str, ...] = (), base: str =
 def run_flower(out: Path, base: str, extra: tuple[str, ...]) -> dict:
     args = ["simulate", str(REPO / "simulations" / base), *SMALL]
     args += [a for item in [*extra, 'simulation.backend="flower"'] for a in ("--set", item)]
-    proc = start_fedlab(*args, "--quiet", "--out", str(out), cwd=out.parent)
-    tracked = []
-    try:
-        while proc.poll() is None:
-            tracked = process_tree(proc.pid) or tracked
-            try:
-                proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-    finally:
-        kill_tree(proc.pid, tracked)
-    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+    code, output = run_to_end(*args, "--quiet", "--out", str(out), cwd=out.parent)
+    assert code == 0, output
     return json.loads((out / "summary.json").read_text())
 
 
