@@ -607,142 +607,62 @@ def scaling_record(length: int, points: Sequence[Mapping[str, Any]]) -> dict[str
 # --------------------------------------------------------------------------- end to end
 
 
-class _NullRecorder:
-    """Keeps each round's wall seconds (measured by the round loop itself) and training seconds."""
+def _e2e_config(num_clients: int, hidden: int, *, batch_size: int, rounds: int, secagg: bool) -> Any:
+    from fedlab.core.config import config_from_dict
 
-    def __init__(self, training_clock: Callable[[], float]) -> None:
-        self.seconds: list[float] = []
-        self.training: list[float] = []
-        self.extra: list[Mapping[str, Any]] = []
-        self._clock = training_clock
-        self._trained = training_clock()
-
-    def start(self) -> None:
-        pass
-
-    def release_round(
-        self,
-        round_num: int,
-        weights: Sequence[np.ndarray],
-        reports: Sequence[Any],
-        *,
-        seconds: float,
-        extra: Mapping[str, Any] | None = None,
-        federation: Sequence[Any] = (),
-    ) -> Any:
-        self.seconds.append(seconds)
-        trained = self._clock()
-        self.training.append(trained - self._trained)
-        self._trained = trained
-        self.extra.append(dict(extra or {}))
-        return None
+    return config_from_dict(
+        {
+            "run": {"name": "secagg-benchmark", "seed": 0, "rounds": rounds},
+            "data": {"dataset": "digits", "partitioner": "iid", "num_clients": num_clients},
+            "model": {"kind": "mlp", "hidden": hidden},
+            "train": {"local_epochs": 1, "batch_size": batch_size, "lr": 0.1, "optimizer": "sgd"},
+            "server": {"fraction_train": 1.0},
+            "dp": {"mode": "none"},
+            "simulation": {"backend": "inline", "workers": 0},
+            "secagg": {"enabled": secagg, "bits": MODULUS_BITS, "clip_range": CLIP, "min_survivors": 0.7},
+        }
+    )
 
 
-def _timed_runtime(num_clients: int) -> Any:
-    """A ClientRuntime caching every trainer that also sums the wall seconds spent in ``train``."""
-    from fedlab.training.client_runtime import ClientRuntime
+def _timed_rounds(config: Any, run_dir: Path) -> tuple[list[float], list[dict[str, Any]]]:
+    """Run ``config`` with the inline backend; return each round's wall seconds and metrics line."""
+    from fedlab.core.metrics import SilentObserver
+    from fedlab.sim.inline import simulate_inline
 
-    class TimedRuntime(ClientRuntime):
-        seconds = 0.0
-
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return super().train(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-
-    return TimedRuntime(max_trainers=num_clients)
+    simulate_inline(config, run_dir, SilentObserver())
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [float(line["seconds"]) for line in lines], lines
 
 
 def end_to_end(
     num_clients: int, hidden: int, *, batch_size: int, rounds: int, repeats: int
 ) -> dict[str, Any]:
-    """Round wall time of fedlab's FedAvg loop with secure aggregation off and on, same clients.
+    """Round wall time of ``fedlab simulate`` (inline backend) with secure aggregation off and on.
 
-    Runs ``repeats`` times (off, then on) ``rounds`` rounds each; the first round of every run
-    (trainers built, first optimizer step) is discarded and the medians of the rest compared.
+    Both runs are the real simulator on the same config except ``secagg.enabled``, trained in this
+    process (``simulation.workers = 0``) so that every second of both rounds is on one core. Runs
+    ``repeats`` times (off, then on) ``rounds`` rounds each; the first round of every run (trainers
+    built, first optimizer step) is discarded and the medians of the rest compared.
     """
-    from fedlab.algorithms.federation import FedAvgSettings, RoundPlan, run_fedavg
-    from fedlab.algorithms.runs import secure_settings
-    from fedlab.algorithms.secure_fedavg import run_secure_fedavg
-    from fedlab.core.config import config_from_dict
-    from fedlab.core.reports import RoundReplies
-    from fedlab.secagg.crypto import seeded_source
-    from fedlab.training.models import build_model, get_weights
-    from fedlab.training.secure_client import SecureClient
-    from tests.secagg_integration.secure_local_transport import LocalSecureTransport
+    import tempfile
 
-    raw: dict[str, Any] = {
-        "run": {"name": "secagg-benchmark", "seed": 0, "rounds": rounds},
-        "data": {
-            "dataset": "digits",
-            "partitioner": "iid",
-            "num_clients": num_clients,
-            "min_partition_size": 1,
-        },
-        "model": {"kind": "mlp", "hidden": hidden},
-        "train": {"local_epochs": 1, "batch_size": batch_size, "lr": 0.1, "optimizer": "sgd"},
-        "server": {"fraction_train": 1.0},
-        "dp": {"mode": "none"},
-        "secagg": {"enabled": True, "bits": MODULUS_BITS, "clip_range": CLIP, "min_survivors": 0.7},
-    }
-    config = config_from_dict(raw)
-    secure = LocalSecureTransport(config)
-    secure.runtime = secure_runtime = _timed_runtime(num_clients)
-    secure.client = SecureClient(secure.runtime, seeded=True)
-    fed = secure.federated
-    model = build_model(
-        "mlp", feature_shape=fed.feature_shape, num_classes=fed.num_classes, hidden=hidden, seed=0
-    )
-    weights = get_weights(model)
-    dim = int(sum(w.size for w in weights))
-    plain_runtime = _timed_runtime(num_clients)
-
-    class PlainTransport:
-        def available_clients(self) -> list[str]:
-            return secure.available_clients()
-
-        def train(self, plan: RoundPlan, global_weights: Sequence[np.ndarray]) -> RoundReplies:
-            reports = tuple(
-                plain_runtime.train(
-                    config, secure.data(cid), global_weights, history=(), round_seed=plan.seed
-                )[0]
-                for cid in plan.client_ids
-            )
-            return RoundReplies(reports=reports)
-
-    settings = secure_settings(config, num_clients=num_clients, dim=dim)
-    plain_s: list[float] = []
-    secure_s: list[float] = []
-    plain_train: list[float] = []
-    secure_train: list[float] = []
-    secure_extra: Mapping[str, Any] = {}
-    for _ in range(repeats):
-        recorder = _NullRecorder(lambda: float(plain_runtime.seconds))
-        run_fedavg(
-            transport=PlainTransport(),
-            recorder=recorder,
-            initial_weights=weights,
-            settings=FedAvgSettings(rounds=rounds, fraction_train=1.0, seed=0),
-        )
-        plain_s += recorder.seconds[1:]
-        plain_train += recorder.training[1:]
-        recorder = _NullRecorder(lambda: float(secure_runtime.seconds))
-        run_secure_fedavg(
-            transport=secure,
-            recorder=recorder,
-            initial_weights=weights,
-            settings=settings,
-            source=seeded_source(b"secagg-benchmark"),
-        )
-        secure_s += recorder.seconds[1:]
-        secure_train += recorder.training[1:]
-        secure_extra = recorder.extra[-1]
-    if secure_extra.get("aborted"):
-        raise RuntimeError(f"a secure round aborted: {secure_extra}")
-    plain_round, secure_round_s = statistics.median(plain_s), statistics.median(secure_s)
-    overhead = secure_round_s / plain_round - 1.0
+    off_s: list[float] = []
+    on_s: list[float] = []
+    last: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for secagg, into in ((False, off_s), (True, on_s)):
+                config = _e2e_config(num_clients, hidden, batch_size=batch_size, rounds=rounds, secagg=secagg)
+                seconds, lines = _timed_rounds(config, Path(tmp) / f"{secagg}-{r}")
+                into += seconds[1:]
+                if secagg:
+                    last = lines[-1]
+                    if any("aborted" in line for line in lines):
+                        raise RuntimeError(f"a secure round aborted: {lines}")
+        with np.load(Path(tmp) / "True-0" / "model.npz") as model:
+            dim = int(sum(model[k].size for k in model.files))
+    off_round, on_round = statistics.median(off_s), statistics.median(on_s)
+    overhead = on_round / off_round - 1.0
     return {
         "benchmark": "secagg",
         "kind": "end_to_end",
@@ -754,21 +674,16 @@ def end_to_end(
             "parameters": dim,
             "local_epochs": 1,
             "batch_size": batch_size,
-            "examples_per_client": round(
-                statistics.fmean(len(fed.client(int(c))) for c in secure.available_clients()), 1
-            ),
-            "transport": "in-process (tests/secagg_integration LocalSecureTransport; JSON wire bytes)",
-            "neighbours": secure_extra.get("neighbours"),
-            "threshold": secure_extra.get("threshold"),
-            "rounds_timed": len(secure_s),
+            "backend": "inline, workers = 0 (fedlab simulate's round loop and transport, one core)",
+            "neighbours": last.get("neighbours"),
+            "threshold": last.get("threshold"),
+            "rounds_timed": len(on_s),
         },
-        "secagg_off_round_s": round(plain_round, 4),
-        "secagg_on_round_s": round(secure_round_s, 4),
-        "secagg_off_rounds_s": [round(s, 4) for s in plain_s],
-        "secagg_on_rounds_s": [round(s, 4) for s in secure_s],
-        "training_s_in_off_round": round(statistics.median(plain_train), 4),
-        "training_s_in_on_round": round(statistics.median(secure_train), 4),
-        "ratio_on_off": round(secure_round_s / plain_round, 4),
+        "secagg_off_round_s": round(off_round, 4),
+        "secagg_on_round_s": round(on_round, 4),
+        "secagg_off_rounds_s": [round(s, 4) for s in off_s],
+        "secagg_on_rounds_s": [round(s, 4) for s in on_s],
+        "ratio_on_off": round(on_round / off_round, 4),
         "overhead_fraction": round(overhead, 4),
         "acceptance_overhead_at_most_50pct": overhead <= 0.5,
         "loadavg_1m": round(os.getloadavg()[0], 2),

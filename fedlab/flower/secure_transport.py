@@ -15,7 +15,6 @@ This module only moves messages: the server side of the protocol is
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,15 +23,12 @@ from flwr.serverapp import Grid
 
 from fedlab.algorithms.secure_fedavg import (
     ClientStageMessage,
-    MaskedInputMessage,
-    MaskedReply,
     ServerStageMessage,
-    SetupMessage,
     StageReplies,
     StageRequest,
 )
-from fedlab.secagg.messages import MaskedInput, NeighbourRoster
-from fedlab.training.secure_client import StageReply, WireObject, call_bytes, parse_reply
+from fedlab.flower.stages import call_parts, client_message
+from fedlab.training.secure_client import call_bytes, parse_reply
 
 LOG = logging.getLogger("fedlab.secure_transport")
 
@@ -41,17 +37,6 @@ SECAGG = "secagg"
 ARRAYS = "arrays"
 MESSAGE_TYPE = f"{MessageType.TRAIN}.secagg"
 """The message type of every stage message: ``train`` category, ``secagg`` action."""
-
-
-def call_parts(message: ServerStageMessage) -> dict[str, WireObject]:
-    """The named wire parts of a server -> client stage message."""
-    if isinstance(message, SetupMessage):
-        return {"params": message.params, "index": message.index}
-    if isinstance(message, MaskedInputMessage):
-        return {"delivery": message.delivery, "encoding": message.encoding}
-    if isinstance(message, NeighbourRoster):
-        return {"roster": message}
-    return {"request": message}
 
 
 def encode_call(request: StageRequest, message: ServerStageMessage) -> bytes:
@@ -63,21 +48,7 @@ def encode_call(request: StageRequest, message: ServerStageMessage) -> bytes:
 
 def decode_reply(data: bytes, request: StageRequest) -> ClientStageMessage:
     """Parse a client's stage reply into the loop's type; ValueError if malformed or off-stage."""
-    reply: StageReply = parse_reply(data)
-    if reply.stage != request.stage or reply.round_num != request.round_num:
-        raise ValueError(f"reply to stage {reply.stage.name} of round {reply.round_num}")
-    if isinstance(reply.message, MaskedInput):
-        meta = reply.meta
-        epsilon = float(meta.get("epsilon", -1.0))
-        return MaskedReply(
-            masked=reply.message,
-            num_examples=int(meta.get("num-examples", 0)),
-            epsilon=math.inf if epsilon < 0 else epsilon,
-            noise_multiplier=float(meta.get("noise-multiplier", 0.0)),
-            sample_rate=float(meta.get("sample-rate", 1.0)),
-            steps=int(meta.get("steps", 0)),
-        )
-    return reply.message
+    return client_message(parse_reply(data), request)
 
 
 class FlowerSecureTransport:

@@ -115,10 +115,12 @@ def encode(values: npt.ArrayLike, codec: FixedPointCodec, *, rng: np.random.Gene
     if np.isnan(x).any():
         raise EncodingError("cannot encode NaN")
     clipped = int(np.count_nonzero(np.abs(x) > codec.clip))
-    scaled = np.clip(x, -codec.clip, codec.clip) * codec.scale
+    scaled = np.clip(x, -codec.clip, codec.clip)
+    scaled *= codec.scale
     low = np.floor(scaled)
-    rounded = low + (rng.random(scaled.shape) < (scaled - low))
-    residues = np.mod(rounded.astype(np.int64), codec.modulus)
+    fraction = np.subtract(scaled, low, out=scaled)
+    rounded = low.astype(np.int64) + (rng.random(fraction.shape) < fraction)
+    residues = np.bitwise_and(rounded, codec.modulus - 1)  # two's complement: == mod 2**bits
     return Encoded(values=as_residues(residues, codec.modulus, len(x)), clipped=clipped)
 
 

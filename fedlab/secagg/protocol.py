@@ -42,7 +42,7 @@ from fedlab.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedlab.secagg.ring import Vector, add_mod, as_residues, sub_mod
+from fedlab.secagg.ring import Vector, as_residues, sum_mod
 from fedlab.secagg.shamir import SHARE_BYTES, Share, reconstruct, split
 
 # ---- helpers shared by both sides --------------------------------------------------------------
@@ -272,15 +272,11 @@ def client_masked_input(
         raise ProtocolError(
             f"only {len(delivery.ciphertexts)} neighbours shared keys, threshold {params.threshold}"
         )
-    masked = add_mod(
-        as_residues(vector, params.modulus, params.vector_length),
-        crypto.expand_mask(state.self_seed, params.vector_length, params.modulus),
-        params.modulus,
-    )
     peers = {v: state.neighbours[v].agreement for v in delivery.ciphertexts}
-    for v, seed in pairwise_seeds(params, me, state.agreement.private, peers).items():
-        mask = crypto.expand_mask(seed, params.vector_length, params.modulus)
-        masked = add_mod(masked, mask, params.modulus) if v < me else sub_mod(masked, mask, params.modulus)
+    seeds = pairwise_seeds(params, me, state.agreement.private, peers)
+    masks = [(state.self_seed, True)] + [(seed, v < me) for v, seed in seeds.items()]
+    residues = as_residues(vector, params.modulus, params.vector_length)
+    masked = crypto.apply_masks(residues, masks, params.modulus)
     next_state = ClientMasked(params, me, state.share_keys, delivery.ciphertexts)
     return next_state, MaskedInput(params.round_id, me, masked)
 
@@ -307,10 +303,8 @@ def server_collect_masked(
     _require_alive(params, masked, Stage.MASKED_INPUT)
     dropped = {v for v in state.shared - masked if graph[v] & masked}
     _require_live_neighbours(params, graph, masked | dropped, masked, Stage.MASKED_INPUT)
-    total = as_residues([0] * params.vector_length, params.modulus, params.vector_length)
-    for message in messages:
-        vector = as_residues(message.vector, params.modulus, params.vector_length)
-        total = add_mod(total, vector, params.modulus)
+    length = params.vector_length
+    total = sum_mod((as_residues(m.vector, params.modulus, length) for m in messages), params.modulus, length)
     requests = {
         u: UnmaskRequest(params.round_id, u, graph[u] & masked, (graph[u] & state.shared) - masked)
         for u in sorted(masked)
@@ -424,17 +418,16 @@ def server_unmask(state: ServerMasked, responses: Collection[UnmaskResponse]) ->
     dropped = sorted(v for v in state.shared - state.masked if graph[v] & state.masked)
     _require_live_neighbours(params, graph, sorted(state.masked) + dropped, responders, Stage.UNMASK)
     by_sender = {response.sender: response for response in responses}
-    total = state.total
+    masks: list[tuple[bytes, bool]] = []
     for v in sorted(state.masked):
         seed = _recover(params, _collect(by_sender, graph[v], v, seeds=True), v, "self-mask seed")
-        total = sub_mod(total, crypto.expand_mask(seed, params.vector_length, params.modulus), params.modulus)
+        masks.append((seed, False))
     for v in dropped:
         private = _recover(params, _collect(by_sender, graph[v], v, seeds=False), v, "mask key")
         if crypto.public_key_of(private) != roster.keys[v].agreement:
             raise RoundAbortedError(Stage.UNMASK, f"the reconstructed mask key of client {v} is inconsistent")
         peers = {u: roster.keys[u].agreement for u in graph[v] & state.masked}
-        for u, seed in pairwise_seeds(params, v, private, peers).items():
-            mask = crypto.expand_mask(seed, params.vector_length, params.modulus)
-            # u added +mask if v < u, -mask otherwise; undo it.
-            total = sub_mod(total, mask, params.modulus) if v < u else add_mod(total, mask, params.modulus)
+        # u added +PRG(s_uv) if v < u and -PRG(s_uv) otherwise; undo it.
+        masks += [(seed, v > u) for u, seed in pairwise_seeds(params, v, private, peers).items()]
+    total = crypto.apply_masks(state.total, masks, params.modulus)
     return SecureSum(params.round_id, total, state.masked)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -49,6 +51,24 @@ def sub_mod(a: Vector, b: Vector, modulus: int) -> Vector:
     [6]
     """
     return reduce(np.add(a, np.subtract(np.uint64(modulus), b)), modulus)
+
+
+def sum_mod(vectors: Iterable[Vector], modulus: int, length: int) -> Vector:
+    """Return the sum mod ``modulus`` of residue vectors of ``length`` (zeros if there are none).
+
+    Consumes ``vectors`` one at a time. Below 2^32 the sum is taken in uint64 and reduced once
+    per 2^31 vectors, which cannot overflow.
+
+    >>> sum_mod([np.array([7, 1], dtype=np.uint64)] * 3, 8, 2).tolist()
+    [5, 3]
+    """
+    every = 2**31 if modulus <= 2**32 else 1
+    total = np.zeros(length, dtype=np.uint64)
+    for i, vector in enumerate(vectors, start=1):
+        np.add(total, vector, out=total)
+        if i % every == 0:
+            total = reduce(total, modulus)
+    return reduce(total, modulus)
 
 
 def as_residues(values: npt.ArrayLike, modulus: int, length: int) -> Vector:

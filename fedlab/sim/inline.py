@@ -263,10 +263,12 @@ def _run_rounds(
     num_clients: int,
 ) -> str:
     """Plain FedAvg runs the index-sampling loop; DP-FedAvg and SecAgg+ the configured loops."""
+    from fedlab.sim.secure_inline import InlineSecureTransport  # it imports this module
+
     if config.secagg.enabled or config.dp.mode == "central":
         outcome = run_configured(
             config,
-            transport=transport,
+            transport=InlineSecureTransport(config, transport) if config.secagg.enabled else transport,
             recorder=recorder,
             initial_weights=initial_weights,
             num_clients=num_clients,

@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedlab.core.config import RunConfig
+from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.privacy.skellam import SkellamParams, encode_client
 from fedlab.secagg import protocol
@@ -637,17 +638,38 @@ class StageAnswer:
     history: tuple[PrivacyStep, ...] | None = None
 
 
+@dataclass(frozen=True)
+class StageResponse:
+    """:class:`StageAnswer` as objects, for a transport that keeps everything in one process.
+
+    Attributes:
+        reply: The reply, or None when the client (simulated) drops out.
+        state: The state for the next stage, or None: delete any stored state.
+        history: The client's new DP-SGD accountant history (stage 2 only), else None.
+
+    """
+
+    reply: StageReply | None
+    state: SecureClientState | None
+    history: tuple[PrivacyStep, ...] | None = None
+
+
+Training = Callable[[], tuple[TrainReport, Sequence[PrivacyStep]]]
+"""Trains the client from the global weights of the masked-input stage: its report and new history."""
+
+
 class SecureClient:
-    """Answers stage messages for any number of clients, training with a :class:`ClientRuntime`.
+    """Answers stage messages for any number of clients.
 
     Args:
-        runtime: Trains clients (reused across rounds).
+        runtime: Trains clients for :meth:`answer` (reused across rounds); :meth:`respond` callers
+            train themselves and may omit it.
         seeded: Draw keys, masks and noise from seeded sources (simulation; see
             :func:`stage_source`) instead of ``os.urandom`` (deployment, the default).
 
     """
 
-    def __init__(self, runtime: ClientRuntime, *, seeded: bool = False) -> None:
+    def __init__(self, runtime: ClientRuntime | None = None, *, seeded: bool = False) -> None:
         self._runtime = runtime
         self._seeded = seeded
 
@@ -661,7 +683,7 @@ class SecureClient:
         weights: Sequence[np.ndarray] = (),
         history: Sequence[PrivacyStep] = (),
     ) -> StageAnswer:
-        """Answer one stage message.
+        """Answer one stage message received as bytes; the reply and the next state are bytes too.
 
         Raises:
             ValueError: If the message or the stored state is malformed.
@@ -669,72 +691,104 @@ class SecureClient:
 
         """
         msg = parse_call(call)
+        current = SecureClientState.from_bytes(state) if state is not None and msg.stage > 0 else None
+        runtime = self._runtime
+        if runtime is None:
+            raise ValueError("SecureClient.answer needs a ClientRuntime to train with")
+        training: Training | None = None
+        if weights:
+
+            def training() -> tuple[TrainReport, Sequence[PrivacyStep]]:
+                return runtime.train(config, data, weights, history=history, round_seed=msg.round_seed)
+
+        response = self.respond(config, data.client_id, msg, current, training=training)
+        return StageAnswer(
+            None if response.reply is None else reply_bytes(response.reply),
+            None if response.state is None else response.state.to_bytes(),
+            response.history,
+        )
+
+    def respond(
+        self,
+        config: RunConfig,
+        client_id: str,
+        msg: StageCall,
+        current: SecureClientState | None,
+        *,
+        training: Training | None = None,
+    ) -> StageResponse:
+        """Answer one parsed stage message with the client's parsed state.
+
+        Args:
+            config: The client's run configuration.
+            client_id: The client's stable id (dropout draws and seeded randomness).
+            msg: The stage message.
+            current: The state the previous stage left (None at stage 0).
+            training: Trains the client at the masked-input stage; None when the message carried
+                no global weights (refused at that stage).
+
+        Raises:
+            ValueError: If the message is malformed.
+            SecAggError: If the message breaks the protocol (the client refuses to go on).
+
+        """
         drop = dropout_stage(
             rate=config.secagg.simulate_dropout, seed=config.run.seed, round_seed=msg.round_seed,
-            client_id=data.client_id,
+            client_id=client_id,
         )  # fmt: skip
         if drop is not None and msg.stage >= drop:
-            return StageAnswer(reply=None, state=None)
+            return StageResponse(reply=None, state=None)
         source = stage_source(
             seed=config.run.seed if self._seeded else None,
             round_seed=msg.round_seed,
-            client_id=data.client_id,
+            client_id=client_id,
             stage=msg.stage,
         )
-        current = SecureClientState.from_bytes(state) if state is not None and msg.stage > 0 else None
         if msg.stage == Stage.ADVERTISE_KEYS:
             new, advert = advertise(msg.part("params", SecAggParams), msg.part("index", int), source)
-            return self._answer(msg, advert, new)
+            return _response(msg, advert, new)
         if msg.stage == Stage.SHARE_KEYS:
             new, shares = share_keys(current, msg.part("roster", NeighbourRoster), source)
-            return self._answer(msg, shares, new)
+            return _response(msg, shares, new)
         if msg.stage == Stage.MASKED_INPUT:
-            return self._train_and_mask(config, data, msg, current, weights, history, source)
-        response = unmask(current, msg.part("request", UnmaskRequest))
-        return self._answer(msg, response, None)
+            return _train_and_mask(config, msg, current, training, source)
+        return _response(msg, unmask(current, msg.part("request", UnmaskRequest)), None)
 
-    def _answer(
-        self,
-        msg: StageCall,
-        message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse,
-        state: SecureClientState | None,
-        *,
-        meta: Mapping[str, float] | None = None,
-        history: tuple[PrivacyStep, ...] | None = None,
-    ) -> StageAnswer:
-        reply = StageReply(msg.stage, msg.round_num, message, dict(meta or {}))
-        return StageAnswer(reply_bytes(reply), None if state is None else state.to_bytes(), history)
 
-    def _train_and_mask(
-        self,
-        config: RunConfig,
-        data: ClientData,
-        msg: StageCall,
-        current: SecureClientState | None,
-        weights: Sequence[np.ndarray],
-        history: Sequence[PrivacyStep],
-        source: RandomSource,
-    ) -> StageAnswer:
-        delivery = msg.part("delivery", ShareDelivery)
-        secret = _expect(current, Stage.MASKED_INPUT, delivery.round_id)
-        encoding = msg.parts.get("encoding")
-        if not isinstance(encoding, FixedPointCodec | SkellamParams):
-            raise ValueError("the masked-input stage message lacks an encoding")
-        check_encoding(config, encoding, secret.params.vector_length)
-        if not weights:
-            raise ProtocolError("the masked-input stage carries no global weights")
-        report, new_history = self._runtime.train(
-            config, data, weights, history=history, round_seed=msg.round_seed
-        )
-        encoded = encode_update(
-            report.update, encoding, rotation_seed=msg.round_seed, rng=generator_from(source)
-        )
-        new_state, masked = masked_input(current, delivery, encoded.residues)
-        meta = {
-            "num-examples": float(report.update.num_examples),
-            "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
-            "noise-multiplier": report.noise_multiplier,
-            "sample-rate": report.sample_rate,
-            "steps": float(report.steps),
-        }
-        return self._answer(msg, masked, new_state, meta=meta, history=tuple(new_history))
+def _response(
+    msg: StageCall,
+    message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse,
+    state: SecureClientState | None,
+    *,
+    meta: Mapping[str, float] | None = None,
+    history: tuple[PrivacyStep, ...] | None = None,
+) -> StageResponse:
+    return StageResponse(StageReply(msg.stage, msg.round_num, message, dict(meta or {})), state, history)
+
+
+def _train_and_mask(
+    config: RunConfig,
+    msg: StageCall,
+    current: SecureClientState | None,
+    training: Training | None,
+    source: RandomSource,
+) -> StageResponse:
+    delivery = msg.part("delivery", ShareDelivery)
+    secret = _expect(current, Stage.MASKED_INPUT, delivery.round_id)
+    encoding = msg.parts.get("encoding")
+    if not isinstance(encoding, FixedPointCodec | SkellamParams):
+        raise ValueError("the masked-input stage message lacks an encoding")
+    check_encoding(config, encoding, secret.params.vector_length)
+    if training is None:
+        raise ProtocolError("the masked-input stage carries no global weights")
+    report, new_history = training()
+    encoded = encode_update(report.update, encoding, rotation_seed=msg.round_seed, rng=generator_from(source))
+    new_state, masked = masked_input(current, delivery, encoded.residues)
+    meta = {
+        "num-examples": float(report.update.num_examples),
+        "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
+        "noise-multiplier": report.noise_multiplier,
+        "sample-rate": report.sample_rate,
+        "steps": float(report.steps),
+    }
+    return _response(msg, masked, new_state, meta=meta, history=tuple(new_history))

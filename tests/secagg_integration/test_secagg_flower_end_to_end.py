@@ -21,6 +21,8 @@ def test_flower_secagg_ddp_run_trains_and_records_epsilon(tmp_path: Path) -> Non
     proc = start_fedlab(
         "simulate",
         str(REPO / "simulations" / "digits-secagg-ddp.toml"),
+        "--backend",
+        "flower",
         "--set",
         "run.rounds=3",
         "--set",

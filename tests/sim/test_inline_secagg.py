@@ -1,0 +1,110 @@
+"""Secure aggregation on the inline backend: the same rounds as the bytes-carrying transport."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedlab.algorithms.runs import run_configured
+from fedlab.core.config import RunConfig, config_from_dict
+from fedlab.core.metrics import SilentObserver
+from fedlab.sim.inline import simulate_inline
+from fedlab.training.models import build_model, get_weights
+from fedlab.training.recorder import LEDGER_FILE, METRICS_FILE, RunRecorder
+from tests.secagg_integration.secure_local_transport import LocalSecureTransport
+
+NUM_CLIENTS = 12
+
+
+def config(**sections: dict[str, Any]) -> RunConfig:
+    raw: dict[str, Any] = {
+        "run": {"name": "inline-secagg", "seed": 3, "rounds": 3},
+        "data": {"dataset": "digits", "num_clients": NUM_CLIENTS},
+        "model": {"kind": "logreg"},
+        "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.5},
+        "dp": {"mode": "distributed", "target_epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0},
+        "simulation": {"backend": "inline", "workers": 0},
+        "secagg": {"enabled": True, "bits": 20, "min_survivors": 0.6, "simulate_dropout": 0.25},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return config_from_dict(raw)
+
+
+def weights_of(run_dir: Path) -> list[np.ndarray]:
+    with np.load(run_dir / "model.npz") as model:
+        return [model[k] for k in sorted(model.files, key=lambda k: int(k.split("_")[-1]))]
+
+
+def ledger(run_dir: Path) -> list[tuple[int, float]]:
+    with sqlite3.connect(run_dir / LEDGER_FILE) as db:
+        return db.execute("SELECT round, epsilon FROM federation_spend ORDER BY round").fetchall()
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def run_with_bytes_transport(cfg: RunConfig, run_dir: Path) -> None:
+    """The same run through the stage handler Flower clients use, every message as bytes."""
+    transport = LocalSecureTransport(cfg)
+    fed = transport.federated
+    model = build_model(
+        cfg.model.kind, feature_shape=fed.feature_shape, num_classes=fed.num_classes,
+        hidden=cfg.model.hidden, seed=cfg.run.seed,
+    )  # fmt: skip
+    recorder = RunRecorder(
+        run_dir=run_dir, config=cfg, model=model, test_set=fed.test, observer=SilentObserver()
+    )
+    outcome = run_configured(
+        cfg,
+        transport=transport,
+        recorder=recorder,
+        initial_weights=get_weights(model),
+        num_clients=NUM_CLIENTS,
+    )
+    recorder.finish(stopped_because=outcome.stopped_because)
+
+
+def test_inline_secure_rounds_equal_the_bytes_transport_with_protocol_dropouts(tmp_path: Path) -> None:
+    cfg = config()
+    simulate_inline(cfg, tmp_path / "inline", SilentObserver())
+    run_with_bytes_transport(cfg, tmp_path / "bytes")
+    inline, carried = metrics(tmp_path / "inline"), metrics(tmp_path / "bytes")
+    # Same cohorts, same protocol dropouts, same survivors, same model, same spend.
+    keys = ("sampled", "included", "failures", "neighbours", "threshold", "aborted")
+    assert [{k: m.get(k) for k in keys} for m in inline] == [{k: m.get(k) for k in keys} for m in carried]
+    assert sum(m["failures"] for m in inline) > 0  # simulate_dropout took clients out
+    assert any(m.get("included", 0) < m["sampled"] for m in inline)
+    for a, b in zip(weights_of(tmp_path / "inline"), weights_of(tmp_path / "bytes"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    spent, spent_bytes = ledger(tmp_path / "inline"), ledger(tmp_path / "bytes")
+    released = [m["round"] for m in inline if "aborted" not in m]
+    assert [r for r, _ in spent] == [r for r, _ in spent_bytes] == released  # aborted rounds spend nothing
+    assert [e for _, e in spent] == pytest.approx([e for _, e in spent_bytes], rel=1e-12)
+
+
+def test_device_dropouts_leave_the_protocol_at_the_masked_input_stage(tmp_path: Path) -> None:
+    cfg = config(
+        secagg={"simulate_dropout": 0.0, "min_survivors": 0.4},
+        simulation={"dropout": 0.25},
+        dp={"mode": "none"},
+        server={"fraction_train": 1.0},
+    )
+    simulate_inline(cfg, tmp_path / "run", SilentObserver())
+    rounds = metrics(tmp_path / "run")
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    released = [r for r in rounds if "aborted" not in r]
+    # The devices that dropped never trained, so they sent no masked input; the rest were unmasked.
+    assert released and all(r["included"] == r["sampled"] - r["failures"] for r in released)
+    assert any(r["failures"] > 0 for r in released)
+    assert all(r["clients"] == r["included"] for r in released)
+    # Too many dropouts around one survivor abort the round cleanly: a reason, no model update.
+    for r in rounds:
+        if "aborted" in r:
+            assert r["abort_reason"] and r["clients"] == 0
