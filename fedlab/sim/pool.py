@@ -32,6 +32,7 @@ _JOIN_SECONDS = 5.0
 class WorkerError(FedlabError):
     """A simulator worker failed to start or to train its clients."""
 
+
 _BOOT_WAIT_SECONDS = 60.0
 """How long closing waits for workers that are still starting."""
 
