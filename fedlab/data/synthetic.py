@@ -9,6 +9,12 @@ the FedProx generator); ``W_k`` (``dim x num_classes``) and ``b_k`` with entries
 one ``W, b`` with entries ``~ N(0, 1)`` and ``v = 0`` among all clients; ``alpha`` and
 ``beta`` are then unused.
 
+In the non-IID variant ``u_k`` adds the same amount to every class score, so it cancels in the
+argmax: each client labels with its own independent random linear model, whatever ``alpha`` and
+``beta``. A global model can therefore only fit the clients it trained on, and is at chance on
+clients it never saw (tested). Under user-level DP, which limits what the model keeps of any one
+client, use the IID variant to measure utility.
+
 Nothing is generated up front except one integer array of client sizes and the small
 central test set: client ``k``'s data is a pure function of ``(seed, k)``, so a
 federation of 10^6 clients costs a few megabytes. Independent random streams come
