@@ -29,7 +29,7 @@ transport time subtracted for Flower), ``client_cpu_s`` (mean CPU per client ove
 stages), ``total_cpu_s`` (server plus all N clients), ``bytes_up_per_client`` (payload a client
 sends over the four stages: byte fields, 8 per integer id, array ``nbytes``; fedlab vectors are
 uint64, Flower's int64 in ``.npy`` form) and ``wall_s`` of the whole round. fedlab also reports
-``bytes_up_wire_per_client``: the length of its real JSON wire replies
+``bytes_up_wire_per_client``: the length of its real wire replies (JSON header, binary vector)
 (:func:`fedlab.training.secure_client.reply_bytes`) for one client. Every peer's mean is checked
 against numpy's (``max_abs_error``).
 

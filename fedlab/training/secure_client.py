@@ -17,8 +17,9 @@ caller must delete the state: a second unmask request then finds nothing and is 
 asking twice with different requests could otherwise collect both shares of one neighbour).
 
 Messages travel as bytes (:func:`call_bytes`, :func:`reply_bytes` and their parsers): JSON with
-base64 bytes and little-endian uint64 vectors. Parsing never evaluates anything and checks every
-type, so a malformed message is a :class:`ValueError`, never a crash in the protocol.
+base64 bytes; a reply's masked vector follows its JSON header as raw little-endian integers.
+Parsing never evaluates anything and checks every type, so a malformed message is a
+:class:`ValueError`, never a crash in the protocol.
 
 Randomness: every key, seed, nonce, rounding and noise draw comes from one
 :data:`~fedlab.secagg.crypto.RandomSource` per stage. In deployment that is ``os.urandom``
@@ -41,6 +42,7 @@ import base64
 import json
 import math
 import os
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -133,15 +135,26 @@ def _id_map_from(value: Any, parse: Callable[[Any], T]) -> dict[int, T]:
     return {int(k): parse(v) for k, v in _dict(value).items()}
 
 
-def _vector_bytes(vector: Vector) -> str:
-    return _b64(np.asarray(vector, dtype="<u8").tobytes())
+_VECTOR_DTYPES = ("|u1", "<u2", "<u4", "<u8")
 
 
-def _vector_from(text: Any) -> Vector:
-    raw = _unb64(text)
-    if len(raw) % 8:
-        raise ValueError("a vector's byte length is not a multiple of 8")
-    return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+def _narrowest_dtype(vector: Vector) -> np.dtype[Any]:
+    """The smallest little-endian unsigned dtype holding every value.
+
+    The masked vector is uniform mod m, so in practice this depends only on m and reveals nothing.
+    """
+    top = int(vector.max()) if vector.size else 0
+    return next(np.dtype(d) for d in _VECTOR_DTYPES if top < 2 ** (8 * np.dtype(d).itemsize))
+
+
+def _vector_from(spec: Any, tail: bytes) -> Vector:
+    d = _dict(spec)
+    dtype, length = d.get("dtype"), _int(d.get("length"))
+    if dtype not in _VECTOR_DTYPES or length < 0:
+        raise ValueError(f"bad vector description {d!r}")
+    if len(tail) != length * np.dtype(dtype).itemsize:
+        raise ValueError(f"the vector holds {len(tail)} bytes, {length} x {dtype} expected")
+    return np.frombuffer(tail, dtype=dtype).astype(np.uint64)
 
 
 def _keys(keys: PublicKeys) -> list[str]:
@@ -214,12 +227,7 @@ def _to_wire(obj: WireObject) -> dict[str, Any]:
             "ciphertexts": _id_map(obj.ciphertexts, _b64),
         }
     if isinstance(obj, MaskedInput):
-        return {
-            "type": "masked",
-            "round_id": obj.round_id,
-            "sender": obj.sender,
-            "vector": _vector_bytes(obj.vector),
-        }
+        raise ValueError("a masked input travels only in a reply (reply_bytes), its vector in binary")
     if isinstance(obj, UnmaskRequest):
         return {
             "type": "unmask-request",
@@ -263,7 +271,6 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], WireObject]] = {
     "delivery": lambda d: ShareDelivery(
         _int(d["round_id"]), _int(d["receiver"]), _id_map_from(d["ciphertexts"], _unb64)
     ),
-    "masked": lambda d: MaskedInput(_int(d["round_id"]), _int(d["sender"]), _vector_from(d["vector"])),
     "unmask-request": lambda d: UnmaskRequest(
         _int(d["round_id"]), _int(d["receiver"]), _ids(d["self_mask_of"]), _ids(d["mask_key_of"])
     ),
@@ -377,26 +384,70 @@ _REPLY_TYPES: dict[Stage, type[KeyAdvert | EncryptedShares | MaskedInput | Unmas
 }
 
 
+_REPLY_MAGIC = b"fedlab-secagg-reply/2\n"
+_HEADER_LENGTH = struct.Struct("<I")
+
+
 def reply_bytes(reply: StageReply) -> bytes:
-    """Serialize a client -> server stage reply."""
+    """Serialize a client -> server stage reply.
+
+    Layout: a magic line, the 4-byte little-endian length of a JSON header, the header, then the
+    masked input's vector (stage 2 only) as raw little-endian integers of the narrowest unsigned
+    width that holds it: 4 bytes per coordinate for a modulus up to 2^32, no base64.
+    """
+    tail = b""
+    message: dict[str, Any]
+    if isinstance(reply.message, MaskedInput):
+        vector = np.asarray(reply.message.vector)
+        dtype = _narrowest_dtype(vector)
+        tail = vector.astype(dtype, copy=False).tobytes()
+        spec = {"dtype": dtype.str, "length": int(vector.size)}
+        message = {"type": "masked", "round_id": reply.message.round_id, "sender": reply.message.sender}
+        message["vector"] = spec
+    else:
+        message = _to_wire(reply.message)
     payload = {
         "stage": int(reply.stage),
         "round": reply.round_num,
-        "message": _to_wire(reply.message),
+        "message": message,
         "meta": dict(reply.meta),
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    header = json.dumps(payload, separators=(",", ":")).encode()
+    return _REPLY_MAGIC + _HEADER_LENGTH.pack(len(header)) + header + tail
+
+
+def _split_reply(data: bytes) -> tuple[dict[str, Any], bytes]:
+    if not data.startswith(_REPLY_MAGIC):
+        raise ValueError("not a fedlab secure-aggregation reply (bad magic)")
+    start = len(_REPLY_MAGIC) + _HEADER_LENGTH.size
+    if len(data) < start:
+        raise ValueError("the reply is truncated")
+    (length,) = _HEADER_LENGTH.unpack_from(data, len(_REPLY_MAGIC))
+    if len(data) < start + length:
+        raise ValueError("the reply header is truncated")
+    return _dict(json.loads(data[start : start + length].decode())), data[start + length :]
 
 
 def parse_reply(data: bytes) -> StageReply:
     """Parse :func:`reply_bytes` output; ValueError if malformed or of the wrong type for its stage."""
     try:
-        d = _dict(json.loads(data.decode()))
+        d, tail = _split_reply(data)
         stage = Stage(_int(d["stage"]))
-        message = _from_wire(d["message"], _REPLY_TYPES[stage])
+        wire = _dict(d["message"])
+        message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse
+        if stage == Stage.MASKED_INPUT:
+            if wire.get("type") != "masked":
+                raise ValueError(f"expected a masked input, got {wire.get('type')!r}")
+            message = MaskedInput(
+                _int(wire["round_id"]), _int(wire["sender"]), _vector_from(wire["vector"], tail)
+            )
+        elif tail:
+            raise ValueError("only a masked input carries a binary vector")
+        else:
+            message = _from_wire(wire, _REPLY_TYPES[stage])
         meta = {str(k): _float(v) for k, v in _dict(d.get("meta", {})).items()}
         return StageReply(stage, _int(d["round"]), message, meta)
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError, ProtocolError) as exc:
         raise ValueError(f"malformed stage reply: {exc}") from None
 
 
