@@ -33,13 +33,12 @@ uint64, Flower's int64 in ``.npy`` form) and ``wall_s`` of the whole round. fedl
 (:func:`fedlab.training.secure_client.reply_bytes`) for one client. Every peer's mean is checked
 against numpy's (``max_abs_error``).
 
-The end-to-end part runs real fedlab rounds in-process: digits split IID over 100 clients, all
-sampled, an MLP with hidden width 280 (64*280 + 280*280 + 280*10 + biases = 99,690 parameters), one
-local epoch (batch 16, SGD lr 0.1, no DP). Secure aggregation off: :func:`run_fedavg` with an
-in-process transport calling :class:`ClientRuntime`; on: :func:`run_secure_fedavg` with the
-in-process secure transport of ``tests/secagg_integration`` (real :class:`SecureClient` answers,
-JSON wire bytes, state stored as bytes between stages). Both keep all 100 trainers cached. Round
-wall times are the loops' own per-round seconds; the first round of each run is discarded.
+The end-to-end part runs ``fedlab simulate``'s inline backend itself (:func:`simulate_inline`) on
+digits split IID over 100 clients, all sampled, an MLP with hidden width 280 (64*280 + 280*280 +
+280*10 + biases = 99,690 parameters), one local epoch (SGD lr 0.1, no DP), with ``secagg.enabled``
+off and on and nothing else changed; every client trains in this process (``workers = 0``), so
+both rounds run on one core. Round wall times are the loops' own per-round seconds from
+``metrics.jsonl``; the first round of each run is discarded.
 
 Prints one JSON line per grid point, one per vector length with the fedlab server-cost scaling,
 one with the acceptance figures and one for the end-to-end round. A benchmark, not a test:

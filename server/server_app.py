@@ -1,7 +1,9 @@
 """ServerApp entry point for ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject.toml).
 
 The run config's ``config`` key names a fedlab TOML file relative to the app
-directory; ``overrides`` and ``out-dir`` are optional.
+directory; ``overrides`` and ``out-dir`` are optional. Server randomness (DP noise, the
+SecAgg+ graph seeds) is secret (``os.urandom``), as a deployment needs; ``fedlab simulate``
+builds its own seeded settings instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ def settings_from_context(context: Context) -> ServerSettings:
     """Build the server settings from the Flower run config."""
     config = config_from_run_config(context.run_config, app_root=APP_ROOT)
     run_dir = run_dir_from_run_config(context.run_config, config)
-    return ServerSettings(config=config, run_dir=run_dir, min_nodes=config.data.num_clients)
+    # A real deployment: server noise and SecAgg+ graph seeds from os.urandom, never the run seed.
+    return ServerSettings(
+        config=config, run_dir=run_dir, min_nodes=config.data.num_clients, secure_noise=True
+    )
 
 
 app = make_server_app(settings_from_context, after_run=write_run_plots)

@@ -137,9 +137,16 @@ def client(
     max_wait_time: Annotated[
         float | None, typer.Option("--max-wait-time", help="Seconds to keep reconnecting.")
     ] = None,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--heartbeat-interval",
+            help="Seconds between heartbeats, 10..1800 (default 10): a crashed device can rejoin after 2.",
+        ),
+    ] = None,
 ) -> None:
     """Run this device's client: connect over TLS with its key, train on its data within its budget."""
-    from fedlab.flower.deploy import ClientLaunch, read_device_settings, run_client
+    from fedlab.flower.deploy import HEARTBEAT_INTERVAL, ClientLaunch, read_device_settings, run_client
 
     try:
         file: dict[str, Any] = read_device_settings(settings) if settings is not None else {}
@@ -168,6 +175,7 @@ def client(
         feature_shape=str(file.get("feature_shape", "")),
         num_classes=int(file.get("num_classes", 0)),
         label_column=str(file.get("label_column", "label")),
+        heartbeat_interval=float(pick(heartbeat_interval, "heartbeat_interval", HEARTBEAT_INTERVAL)),
     )
     console = Console()
     try:

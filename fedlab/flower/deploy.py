@@ -55,6 +55,14 @@ CONNECTION = "fedlab"  # the SuperLink connection name in the private FLWR_HOME
 RUN_CONFIG_FILE = "fedlab-run.toml"
 APP_FILES = ("pyproject.toml", "server", "clients")
 DEFAULT_PORT = 9092
+HEARTBEAT_INTERVAL = 10.0
+"""Seconds between a device's heartbeats (flwr 1.41 accepts 10..1800; its SuperNode has 30 fixed).
+
+The SuperLink holds a node online for 2 intervals after its last heartbeat and refuses to
+activate the same key meanwhile, so a crashed device can rejoin ``2 * HEARTBEAT_INTERVAL``
+seconds after its last heartbeat at the latest (a minute with Flower's 30 s).
+"""
+HEARTBEAT_BOUNDS = (10.0, 1800.0)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LineSink = Callable[[str], None]
 
@@ -733,6 +741,7 @@ class ClientLaunch:
         feature_shape: Reshape examples (``"1,8,8"``), or empty.
         num_classes: Classes of the task (0: as found in the data).
         label_column: Label column of a table.
+        heartbeat_interval: Seconds between heartbeats (see :data:`HEARTBEAT_INTERVAL`).
     """
 
     server: str
@@ -748,6 +757,7 @@ class ClientLaunch:
     feature_shape: str = ""
     num_classes: int = 0
     label_column: str = "label"
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
 
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
@@ -772,6 +782,11 @@ def check_client_launch(launch: ClientLaunch) -> None:
         raise DeploymentError(f"--data: data not found: {launch.data}")
     if not (launch.max_epsilon > 0):
         raise DeploymentError(f"--max-epsilon: must be > 0; got {launch.max_epsilon!r}")
+    low, high = HEARTBEAT_BOUNDS
+    if not low <= launch.heartbeat_interval <= high:
+        raise DeploymentError(
+            f"--heartbeat-interval: must be in [{low:g}, {high:g}] seconds; got {launch.heartbeat_interval!r}"
+        )
 
 
 def _toml_string(value: str) -> str:
@@ -795,8 +810,17 @@ def node_config(launch: ClientLaunch) -> str:
 
 
 def supernode_command(launch: ClientLaunch, *, runtime_port: int) -> list[str]:
-    """The flower-supernode command line for a device."""
-    command = [_flower_bin("flower-supernode"), "--superlink", launch.server]
+    """The command running a device's SuperNode: flower-supernode's flags, through :func:`supernode_main`."""
+    command = [
+        sys.executable,
+        "-m",
+        __name__,
+        "supernode",
+        "--heartbeat-interval",
+        repr(float(launch.heartbeat_interval)),
+        "--superlink",
+        launch.server,
+    ]
     if launch.insecure:
         command.append("--insecure")
     else:
@@ -879,10 +903,11 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
 
     The SuperNode reconnects with backoff (``max_retries``, ``max_wait_time``) and
     rejoins with the same node id (tied to its key) and device id. After a crash the
-    SuperLink keeps the old session online until its heartbeat expires (up to about a
-    minute in flwr 1.41) and refuses to activate the node meanwhile: fedlab relaunches
-    the SuperNode with backoff until ``max_wait_time``. Once the SuperNode reports a
-    fatal error it is stopped by PID (flwr 1.41 can hang after giving up).
+    SuperLink keeps the old session online until its heartbeat expires (2 heartbeat
+    intervals, at most ``2 * launch.heartbeat_interval`` s) and refuses to activate the
+    node meanwhile: fedlab relaunches the SuperNode with backoff until ``max_wait_time``.
+    Once the SuperNode reports a fatal error it is stopped by PID (flwr 1.41 can hang
+    after giving up).
 
     Security: the refusal messages distinguish a wrong CA (impostor server or wrong
     ``--root-cert``) from an unregistered key, so an operator does not "fix" a TLS
@@ -964,6 +989,7 @@ def read_device_settings(path: Path) -> dict[str, Any]:
         "feature_shape",
         "num_classes",
         "label_column",
+        "heartbeat_interval",
     }
     if not path.is_file():
         raise ConfigError(f"--settings: file not found: {path}")
@@ -983,3 +1009,46 @@ def read_device_settings(path: Path) -> dict[str, Any]:
             value = Path(str(table[key])).expanduser()
             table[key] = value if value.is_absolute() else base / value
     return dict(table)
+
+
+# --------------------------------------------------------------------------- SuperNode launcher
+
+# Flower 1.41 modules that read the SuperNode heartbeat interval (a module constant, no flag):
+# fleet_http_connection sends it to the SuperLink (ActivateNode, SendNodeHeartbeat), heartbeat
+# paces the HeartbeatSender thread with it.
+HEARTBEAT_MODULES = ("flwr.supernode.fleet_http_connection", "flwr.supercore.heartbeat")
+
+
+def supernode_main(argv: Sequence[str]) -> int:
+    """Run flower-supernode in this process with fedlab's heartbeat interval.
+
+    ``argv`` is ``supernode --heartbeat-interval SECONDS`` followed by flower-supernode's own
+    flags. Flower 1.41 has no flag for the interval; it is a protocol field the SuperLink accepts
+    per node (10..1800 s), read from ``HEARTBEAT_DEFAULT_INTERVAL`` in :data:`HEARTBEAT_MODULES`,
+    which this sets before starting the SuperNode.
+
+    Raises:
+        DeploymentError: On a malformed command line, or a Flower without those module constants.
+    """
+    import importlib
+
+    if len(argv) < 3 or argv[0] != "supernode" or argv[1] != "--heartbeat-interval":
+        raise DeploymentError("usage: python -m fedlab.flower.deploy supernode --heartbeat-interval S ...")
+    try:
+        interval = float(argv[2])
+    except ValueError:
+        raise DeploymentError(f"--heartbeat-interval: not a number: {argv[2]!r}") from None
+    for name in HEARTBEAT_MODULES:
+        module = importlib.import_module(name)
+        if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
+            raise DeploymentError(f"{name}.HEARTBEAT_DEFAULT_INTERVAL not found: fedlab needs flwr 1.41")
+        setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", interval)  # noqa: B010
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv[3:]]
+    flower_supernode()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(supernode_main(sys.argv[1:]))

@@ -10,32 +10,50 @@ training, the client computes the epsilon it would have after the round — its 
 persisted history plus the round's planned Poisson steps, with the same accountant
 the training uses — and refuses the round if that exceeds ``max-epsilon``. After
 training, the round is committed to ``STATE/budget.sqlite`` *before* the reply with
-the update is returned to Flower, so a crash never loses a released round.
+the update is returned to Flower, so a crash never loses a released round. A device
+never trains a round twice: a round already in its budget (a restarted device asked
+again for the round it released just before it died) is refused before training.
+
+Under secure aggregation (``train.secagg`` stage messages) the same rule applies: the
+device refuses to join a round at the key-advertising stage, and checks again at the
+masked-input stage, where it trains; that round is committed before the masked input
+is returned.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError, DataError, FedlabError
 from fedlab.data.files import load_local_files
 from fedlab.data.types import ArrayDataset
-from fedlab.flower.client import ClientDataSource, ConfigSource, FedlabClient, evaluate_reply, identity_reply
+from fedlab.flower.client import (
+    SECAGG_ERROR,
+    SECAGG_STATE,
+    ClientDataSource,
+    ConfigSource,
+    FedlabClient,
+    evaluate_reply,
+    identity_reply,
+)
 from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
+from fedlab.flower.secure_transport import SECAGG, weights_of
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow, SpendRow
+from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history
 from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime, dp_spec, optim_spec
 from fedlab.training.local import poisson_plan
+from fedlab.training.secure_client import SecureClient, parse_call
 
 LOG = logging.getLogger("fedlab.client")
 
@@ -239,6 +257,11 @@ def history_of(budget: ClientBudget) -> tuple[PrivacyStep, ...]:
     )
 
 
+def already_released(budget: ClientBudget, run_id: int, server_round: int) -> bool:
+    """Whether the device's budget already holds this round of this run."""
+    return any(s.run_id == run_id and s.server_round == server_round for s in budget.spends())
+
+
 class EdgeClient:
     """Serves one device: trains within its budget, commits each round before replying."""
 
@@ -246,6 +269,46 @@ class EdgeClient:
         self._source = source
         self.runtime = ClientRuntime(max_trainers=1)
         self._calibrated: dict[CalibrationKey, float] = {}
+        self._secure = SecureClient(self.runtime)  # os.urandom: keys and masks are never seeded here
+
+    def _refusal(
+        self,
+        budget: ClientBudget,
+        settings: DeviceSettings,
+        config: RunConfig,
+        data: ClientData,
+        context: Context,
+        server_round: int,
+    ) -> str | None:
+        """Why the device refuses ``server_round`` (already released, or over budget), or None.
+
+        An over-budget refusal is recorded in the budget file and logged.
+        """
+        run_id = int(context.run_id)
+        if already_released(budget, run_id, server_round):
+            reason = f"device {settings.device_id} already released round {server_round}; never twice"
+            LOG.warning(reason)
+            return reason
+        decision = plan_round(
+            config, len(data.train), history_of(budget), max_epsilon=settings.max_epsilon,
+            calibrated=self._calibrated,
+        )  # fmt: skip
+        if decision.allowed:
+            return None
+        reason = (
+            f"device {settings.device_id} refuses round {server_round}: its epsilon would reach "
+            f"{decision.planned_epsilon:.4f} > max epsilon {settings.max_epsilon:g} (budget spent)"
+        )
+        budget.record_refusal(
+            RefusalRow(
+                run_id=run_id,
+                server_round=server_round,
+                planned_epsilon=min(decision.planned_epsilon, 1e300),
+                max_epsilon=min(settings.max_epsilon, 1e300),
+            )
+        )
+        LOG.warning(reason)
+        return reason
 
     def train(self, msg: Message, context: Context) -> Message:
         """Train one round if the budget allows; else reply with an error saying why."""
@@ -257,27 +320,8 @@ class EdgeClient:
         seed = int(round_config["round-seed"])  # type: ignore[arg-type]
         with ClientBudget.open(settings.budget_path) as budget:
             history = history_of(budget)
-            decision = plan_round(
-                config,
-                len(data.train),
-                history,
-                max_epsilon=settings.max_epsilon,
-                calibrated=self._calibrated,
-            )
-            if not decision.allowed:
-                reason = (
-                    f"device {settings.device_id} refuses round {server_round}: its epsilon would reach "
-                    f"{decision.planned_epsilon:.4f} > max epsilon {settings.max_epsilon:g} (budget spent)"
-                )
-                budget.record_refusal(
-                    RefusalRow(
-                        run_id=int(context.run_id),
-                        server_round=server_round,
-                        planned_epsilon=min(decision.planned_epsilon, 1e300),
-                        max_epsilon=min(settings.max_epsilon, 1e300),
-                    )
-                )
-                LOG.warning(reason)
+            reason = self._refusal(budget, settings, config, data, context, server_round)
+            if reason is not None:
                 return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
             weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
             report, after = self.runtime.train(config, data, weights, history=history, round_seed=seed)
@@ -301,6 +345,80 @@ class EdgeClient:
                 settings.max_epsilon,
             )
         return Message(train_reply_content(report), reply_to=msg)
+
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Answer one SecAgg+ stage within the device's budget (see the module docstring).
+
+        The secret per-round state lives in the SuperNode's ``context.state`` (lost if the
+        device restarts mid-round: the server then counts it as dropped). A refused stage
+        forgets that state and answers with an error.
+        """
+        settings = self._source.settings(context)
+        config = self._source.config(context)
+        data = self._source.data(context)
+        stored = context.state.config_records.get(SECAGG_STATE)
+        state = stored.get("state") if stored is not None else None
+        try:
+            call = msg.content.config_records[SECAGG]["call"]
+            if not isinstance(call, bytes):
+                raise ValueError("the stage call is not bytes")
+            parsed = parse_call(call)
+            with ClientBudget.open(settings.budget_path) as budget:
+                history = history_of(budget)
+                if parsed.stage in (Stage.ADVERTISE_KEYS, Stage.MASKED_INPUT):
+                    reason = self._refusal(budget, settings, config, data, context, parsed.round_num)
+                    if reason is not None:
+                        context.state.config_records.pop(SECAGG_STATE, None)
+                        return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
+                answer = self._secure.answer(
+                    config, data, call, state=state if isinstance(state, bytes) else None,
+                    weights=weights_of(msg.content), history=history,
+                )  # fmt: skip
+                if answer.history is not None:
+                    self._commit(budget, settings, config, data, context, parsed.round_num, answer.history)
+        except (KeyError, ValueError, SecAggError) as exc:
+            context.state.config_records.pop(SECAGG_STATE, None)
+            return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
+        if answer.state is None:
+            context.state.config_records.pop(SECAGG_STATE, None)
+        else:
+            context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
+        if answer.reply is None:
+            return Message(Error(code=SECAGG_ERROR, reason="dropped out"), reply_to=msg)
+        return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
+
+    def _commit(
+        self,
+        budget: ClientBudget,
+        settings: DeviceSettings,
+        config: RunConfig,
+        data: ClientData,
+        context: Context,
+        server_round: int,
+        after: Sequence[PrivacyStep],
+    ) -> None:
+        """Commit a securely aggregated round's DP-SGD steps to the budget (before its reply leaves)."""
+        spec = dp_spec(config, len(data.train), self._calibrated)
+        spent = sum(s.steps for s in after) - sum(s.steps for s in history_of(budget))
+        if spec is None or spent <= 0:
+            return
+        epsilon = epsilon_from_history(after, delta=spec.delta, accountant=spec.accountant)
+        budget.commit_spend(
+            SpendRow(
+                run_id=int(context.run_id),
+                server_round=server_round,
+                noise_multiplier=after[-1].noise_multiplier,
+                sample_rate=after[-1].sample_rate,
+                steps=spent,
+                epsilon=epsilon,
+            )
+        )
+        LOG.info(
+            "device %s: round %d trained under secure aggregation, epsilon %.4f",
+            settings.device_id,
+            server_round,
+            epsilon,
+        )
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the identity query with the device id."""
@@ -342,6 +460,12 @@ class NodeDispatcher:
             return _guard(lambda: self._edge_client().query(msg, context), msg)
         return self._simulation.query(msg, context)
 
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Route a SecAgg+ stage message."""
+        if is_device_node(context.node_config):
+            return _guard(lambda: self._edge_client().secagg(msg, context), msg)
+        return self._simulation.secagg(msg, context)
+
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Route an evaluate message."""
         if is_device_node(context.node_config):
@@ -364,6 +488,7 @@ def make_node_client_app(simulation: ClientDataSource, config: ConfigSource) -> 
     dispatcher = NodeDispatcher(simulation, config)
     app = ClientApp()
     app.train()(dispatcher.train)
+    app.train("secagg")(dispatcher.secagg)
     app.evaluate()(dispatcher.evaluate)
     app.query()(dispatcher.query)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from fedlab.algorithms.federation import RoundPlan
@@ -34,6 +35,8 @@ from fedlab.training.recorder import RunRecorder
 LOG = logging.getLogger("fedlab.server")
 
 SettingsSource = Callable[[Context], "ServerSettings"]
+POLL_SECONDS = 0.5
+"""How often :func:`exchange` asks the Grid for replies (``send_and_receive`` waits 3 s)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,61 @@ def discover_clients(grid: Grid, node_ids: Sequence[int], *, timeout: float) -> 
     return clients
 
 
+def _node_lost(reply: Message) -> bool:
+    """Whether the SuperLink answered for the node: its session expired before it replied."""
+    return reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE
+
+
+def exchange(
+    grid: Grid,
+    build: Callable[[Sequence[int]], list[Message]],
+    nodes: Sequence[int],
+    *,
+    timeout: float,
+    poll: float = POLL_SECONDS,
+) -> list[Message]:
+    """Send each node its message (``build(nodes)``) and collect the replies within ``timeout`` s.
+
+    Like ``Grid.send_and_receive``, and a node may rejoin: when a node's session expires before
+    it replied (a crashed or disconnected device: the SuperLink answers "node unavailable"), its
+    message is built and sent again as soon as the node is online again (a restarted device
+    rejoins with the same node id), until the timeout. A node that does not come back keeps the
+    SuperLink's error as its reply; a node that does not answer in time has no reply.
+    """
+    deadline = time.monotonic() + timeout
+    waiting: dict[str, int] = {}  # message id -> node
+    lost: dict[int, Message] = {}  # node -> the SuperLink's "node unavailable" reply
+    answered: dict[int, Message] = {}
+
+    def push(targets: Sequence[int]) -> None:
+        messages = build(targets)
+        pushed = set(grid.push_messages(messages))  # the Grid sets each message's id as it pushes
+        for message in messages:
+            if message.metadata.message_id in pushed:
+                waiting[message.metadata.message_id] = message.metadata.dst_node_id
+
+    push(nodes)
+    while time.monotonic() < deadline:
+        returning = [node for node in lost if node not in waiting.values()]
+        if returning:
+            online = set(grid.get_node_ids())
+            push([node for node in returning if node in online])
+        if waiting:
+            for reply in grid.pull_messages(list(waiting)):
+                node = waiting.pop(reply.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if _node_lost(reply):
+                    lost[node] = reply
+                else:
+                    answered[node] = reply
+                    lost.pop(node, None)
+        if not waiting and not lost:
+            break
+        time.sleep(poll)
+    return [*answered.values(), *lost.values()]
+
+
 class FlowerTransport:
     """Carries rounds over a Flower Grid: the strategy builds the messages, the Grid moves them.
 
@@ -101,7 +159,8 @@ class FlowerTransport:
         grid: The Grid of the running ServerApp.
         strategy: Builds train messages (and maps client ids to node ids).
         clients: Node id to client id, from the identity query.
-        timeout: Seconds to wait for a round's replies; late clients count as failed.
+        timeout: Seconds to wait for a round's replies; late clients count as failed. A client
+            whose node drops and rejoins within it is asked again (see :func:`exchange`).
     """
 
     def __init__(
@@ -121,8 +180,15 @@ class FlowerTransport:
         """Send the planned clients the model and the round seed; decode their replies."""
         config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num, **plan.instructions})
         nodes = [self._strategy.node_of(cid) for cid in plan.client_ids]
-        messages = self._strategy.messages_for(nodes, arrays_record(weights), config)
-        replies = split_replies(self._grid.send_and_receive(messages, timeout=self._timeout))
+        arrays = arrays_record(weights)
+        replies = split_replies(
+            exchange(
+                self._grid,
+                lambda targets: self._strategy.messages_for(targets, arrays, config),
+                nodes,
+                timeout=self._timeout,
+            )
+        )
         for reason in replies.failures:
             LOG.warning("round %d: dropped a reply: %s", plan.round_num, reason)
         return replies

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -224,6 +225,7 @@ def write_federation(
     rounds: int = 3,
     timeout: float = 30.0,
     min_clients: int | None = None,
+    extra: str = "",
 ) -> Path:
     keys = ", ".join(f'"{certs}/devices/device-{i}.pub"' for i in devices)
     path.write_text(
@@ -236,5 +238,59 @@ def write_federation(
             timeout=timeout,
             min_clients=min_clients or len(devices),
         )
+        + extra
     )
     return path
+
+
+def spends(state: Path) -> list[tuple[int, float]]:
+    """(server round, epsilon) of every round a device's own budget file holds, oldest first."""
+    path = state / "budget.sqlite"
+    if not path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return [
+                (int(r), float(e))
+                for r, e in conn.execute("SELECT server_round, epsilon FROM spend ORDER BY seq")
+            ]
+    except sqlite3.OperationalError:
+        return []
+
+
+def per_round_epsilons(num_examples: int, rounds: int) -> list[float]:
+    """A device's epsilon after each round under the FEDERATION template's DP-SGD settings."""
+    from fedlab.training.accounting import PrivacyStep, epsilon_from_history
+    from fedlab.training.local import OptimSpec, poisson_plan
+
+    optim = OptimSpec(optimizer="sgd", lr=0.5, momentum=0.0, local_epochs=1, batch_size=32)
+    q, steps = poisson_plan(num_examples, optim)
+    step = PrivacyStep(noise_multiplier=1.0, sample_rate=q, steps=steps)
+    return [epsilon_from_history([step] * r, delta=1e-5, accountant="rdp") for r in range(1, rounds + 1)]
+
+
+def device_client(
+    processes, tmp_path: Path, certs: Path, port: int, data: list[Path], i: int, *extra: str
+) -> Managed:
+    """Start ``fedlab client`` for device ``i`` (state in ``tmp_path/device-i``)."""
+    return processes(
+        [
+            "client",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--root-cert",
+            str(certs / "ca.pem"),
+            "--key",
+            str(certs / "devices" / f"device-{i}.key"),
+            "--data",
+            str(data[i - 1]),
+            "--state-dir",
+            str(tmp_path / f"device-{i}"),
+            "--device-id",
+            f"device-{i}",
+            "--max-wait-time",
+            "60",
+            *extra,
+        ],
+        tmp_path / f"home-{i}",
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from fedlab.core.config import config_from_dict
 from fedlab.core.errors import ConfigError, LedgerError
-from fedlab.flower.deploy import load_federation
+from fedlab.flower.deploy import DeploymentError, load_federation
 from fedlab.flower.edge import device_settings, plan_round
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow, SpendRow
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history
@@ -78,3 +79,23 @@ def test_device_settings_and_federation_errors_are_one_line(tmp_path):
     bad.write_text("[run]\nrounds = 2\n")
     with pytest.raises(ConfigError, match=r"missing the \[deployment\] table"):
         load_federation(bad)
+
+
+def test_the_heartbeat_interval_is_a_fedlab_option_within_flowers_bounds(tmp_path):
+    from fedlab.flower.deploy import HEARTBEAT_INTERVAL, ClientLaunch, check_client_launch, supernode_command
+
+    (tmp_path / "d.csv").write_text("a,label\n1,0\n")
+    launch = ClientLaunch(
+        server="127.0.0.1:9092",
+        root_cert=None,
+        key=None,
+        data=tmp_path / "d.csv",
+        state_dir=tmp_path,
+        device_id="pi",
+        insecure=True,
+    )
+    command = supernode_command(launch, runtime_port=5000)
+    assert command[1:6] == ["-m", "fedlab.flower.deploy", "supernode", "--heartbeat-interval", "10.0"]
+    assert HEARTBEAT_INTERVAL == 10.0 and "--superlink" in command
+    with pytest.raises(DeploymentError, match=r"--heartbeat-interval: must be in \[10, 1800\] seconds"):
+        check_client_launch(dataclasses.replace(launch, heartbeat_interval=5.0))
