@@ -33,7 +33,7 @@ from fedlab.flower.secure_transport import SECAGG, weights_of
 from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
-from fedlab.training.secure_client import SecureClient
+from fedlab.training.secure_client import SecureClient, StageAnswer
 
 PRIVACY_STATE = "fedlab-privacy"
 SECAGG_STATE = "fedlab-secagg"
@@ -131,6 +131,38 @@ def store_history(state: RecordDict, history: Sequence[PrivacyStep]) -> None:
     )
 
 
+def stage_call_bytes(msg: Message) -> bytes:
+    """The SecAgg+ stage call a ``train.secagg`` message carries; KeyError/ValueError if it has none."""
+    call = msg.content.config_records[SECAGG]["call"]
+    if not isinstance(call, bytes):
+        raise ValueError("the stage call is not bytes")
+    return call
+
+
+def stored_stage_state(context: Context) -> bytes | None:
+    """The client's secret SecAgg+ state left by its previous stage, if any."""
+    record = context.state.config_records.get(SECAGG_STATE)
+    state = record.get("state") if record is not None else None
+    return state if isinstance(state, bytes) else None
+
+
+def secagg_refusal(msg: Message, context: Context, exc: Exception) -> Message:
+    """Forget the round's secret state and answer with an error (the server counts a dropout)."""
+    context.state.config_records.pop(SECAGG_STATE, None)
+    return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
+
+
+def secagg_reply(msg: Message, context: Context, answer: StageAnswer) -> Message:
+    """Keep (or delete) the next stage's secret state and send the reply, or an error if dropped out."""
+    if answer.state is None:
+        context.state.config_records.pop(SECAGG_STATE, None)
+    else:
+        context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
+    if answer.reply is None:
+        return Message(Error(code=SECAGG_ERROR, reason="dropped out"), reply_to=msg)
+    return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
+
+
 class FedlabClient:
     """Turns Flower messages into :class:`ClientRuntime` calls, for any number of clients.
 
@@ -177,32 +209,20 @@ class FedlabClient:
         """
         config = self._source.config(context)
         data = self._source.data(context)
-        state = context.state.config_records.get(SECAGG_STATE)
-        stored = state.get("state") if state is not None else None
         try:
-            call = msg.content.config_records[SECAGG]["call"]
-            if not isinstance(call, bytes):
-                raise ValueError("the stage call is not bytes")
             answer = self.secure.answer(
                 config,
                 data,
-                call,
-                state=stored if isinstance(stored, bytes) else None,
+                stage_call_bytes(msg),
+                state=stored_stage_state(context),
                 weights=weights_of(msg.content),
                 history=load_history(context.state),
             )
         except (KeyError, ValueError, SecAggError) as exc:
-            context.state.config_records.pop(SECAGG_STATE, None)
-            return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
+            return secagg_refusal(msg, context, exc)
         if answer.history is not None:
             store_history(context.state, answer.history)
-        if answer.state is None:
-            context.state.config_records.pop(SECAGG_STATE, None)
-        else:
-            context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
-        if answer.reply is None:
-            return Message(Error(code=SECAGG_ERROR, reason="simulated dropout"), reply_to=msg)
-        return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
+        return secagg_reply(msg, context, answer)
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the server's identity query with this client's stable id."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedlab.core.config import RunConfig
@@ -38,16 +38,19 @@ from fedlab.core.errors import ConfigError, DataError, FedlabError
 from fedlab.data.files import load_local_files
 from fedlab.data.types import ArrayDataset
 from fedlab.flower.client import (
-    SECAGG_ERROR,
     SECAGG_STATE,
     ClientDataSource,
     ConfigSource,
     FedlabClient,
     evaluate_reply,
     identity_reply,
+    secagg_refusal,
+    secagg_reply,
+    stage_call_bytes,
+    stored_stage_state,
 )
 from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
-from fedlab.flower.secure_transport import SECAGG, weights_of
+from fedlab.flower.secure_transport import weights_of
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow, SpendRow
 from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history
@@ -356,12 +359,8 @@ class EdgeClient:
         settings = self._source.settings(context)
         config = self._source.config(context)
         data = self._source.data(context)
-        stored = context.state.config_records.get(SECAGG_STATE)
-        state = stored.get("state") if stored is not None else None
         try:
-            call = msg.content.config_records[SECAGG]["call"]
-            if not isinstance(call, bytes):
-                raise ValueError("the stage call is not bytes")
+            call = stage_call_bytes(msg)
             parsed = parse_call(call)
             with ClientBudget.open(settings.budget_path) as budget:
                 history = history_of(budget)
@@ -371,21 +370,14 @@ class EdgeClient:
                         context.state.config_records.pop(SECAGG_STATE, None)
                         return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
                 answer = self._secure.answer(
-                    config, data, call, state=state if isinstance(state, bytes) else None,
+                    config, data, call, state=stored_stage_state(context),
                     weights=weights_of(msg.content), history=history,
                 )  # fmt: skip
                 if answer.history is not None:
                     self._commit(budget, settings, config, data, context, parsed.round_num, answer.history)
         except (KeyError, ValueError, SecAggError) as exc:
-            context.state.config_records.pop(SECAGG_STATE, None)
-            return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
-        if answer.state is None:
-            context.state.config_records.pop(SECAGG_STATE, None)
-        else:
-            context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
-        if answer.reply is None:
-            return Message(Error(code=SECAGG_ERROR, reason="dropped out"), reply_to=msg)
-        return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
+            return secagg_refusal(msg, context, exc)
+        return secagg_reply(msg, context, answer)
 
     def _commit(
         self,

@@ -1,12 +1,14 @@
 """Carrying SecAgg+ stages over a Flower Grid with Message-API messages.
 
-Each stage is one ``send_and_receive`` of ``train.secagg`` messages (a custom action of the
-``train`` category, registered by :func:`fedlab.flower.client.make_client_app`). A message's content
-holds the stage call as bytes (``secagg`` config record, see :mod:`fedlab.training.secure_client`)
-and, at the masked-input stage, the global weights (``arrays``); a reply holds the stage reply as
-bytes. An error reply, a missing reply (timeout) or a malformed one is a dropout: the protocol
-handles it. The client keeps its secret per-round state in its own ``context.state``; nothing secret
-travels to the server except encrypted shares.
+Each stage is one :func:`~fedlab.flower.exchange.exchange` of ``train.secagg`` messages (a custom
+action of the ``train`` category, registered by :func:`fedlab.flower.client.make_client_app`). A
+message's content holds the stage call as bytes (``secagg`` config record, see
+:mod:`fedlab.training.secure_client`) and, at the masked-input stage, the global weights
+(``arrays``); a reply holds the stage reply as bytes. An error reply, a missing reply (timeout) or a
+malformed one is a dropout: the protocol handles it. The client keeps its secret per-round state in
+its own ``context.state``; nothing secret travels to the server except encrypted shares. A device
+that crashes and rejoins within a stage is asked again; after stage 0 it has lost its secret state
+and refuses, which is a dropout too.
 
 This module only moves messages: the server side of the protocol is
 :mod:`fedlab.algorithms.secure_fedavg`, the client side :mod:`fedlab.training.secure_client`.
@@ -27,6 +29,7 @@ from fedlab.algorithms.secure_fedavg import (
     StageReplies,
     StageRequest,
 )
+from fedlab.flower.exchange import exchange
 from fedlab.flower.stages import call_parts, client_message
 from fedlab.training.secure_client import call_bytes, parse_reply
 
@@ -74,13 +77,20 @@ class FlowerSecureTransport:
 
     def stage(self, request: StageRequest) -> StageReplies:
         """Send each client its stage message; decode the replies that came back in time."""
-        messages = []
-        for cid, message in request.messages.items():
-            content = RecordDict({SECAGG: ConfigRecord({"call": encode_call(request, message)})})
-            if request.weights:
-                content[ARRAYS] = ArrayRecord([np.asarray(w) for w in request.weights])
-            messages.append(Message(content=content, dst_node_id=self._nodes[cid], message_type=MESSAGE_TYPE))
-        return self._collect(self._grid.send_and_receive(messages, timeout=self._timeout), request)
+        calls = {self._nodes[cid]: encode_call(request, message) for cid, message in request.messages.items()}
+        arrays = ArrayRecord([np.asarray(w) for w in request.weights]) if request.weights else None
+
+        def build(nodes: Sequence[int]) -> list[Message]:
+            messages = []
+            for node in nodes:
+                content = RecordDict({SECAGG: ConfigRecord({"call": calls[node]})})
+                if arrays is not None:
+                    content[ARRAYS] = arrays
+                messages.append(Message(content=content, dst_node_id=node, message_type=MESSAGE_TYPE))
+            return messages
+
+        replies = exchange(self._grid, build, list(calls), timeout=self._timeout)
+        return self._collect(replies, request)
 
     def _collect(self, replies: Iterable[Message], request: StageRequest) -> StageReplies:
         got: dict[str, ClientStageMessage] = {}
