@@ -121,9 +121,14 @@ def write_plot(rows: Sequence[SweepRow], out: Path) -> Path:
             label="DP",
         )
         ax.set_xscale("log")
+        ax.set_xticks([r.epsilon for r in finite], [f"{r.epsilon:g}" for r in finite])
+        ax.minorticks_off()
     for r in rows:
         if math.isinf(r.epsilon):
             ax.axhline(r.accuracy_mean, color="grey", linestyle="--", label="no DP (epsilon = inf)")
+            if r.accuracy_std > 0:
+                low, high = r.accuracy_mean - r.accuracy_std, r.accuracy_mean + r.accuracy_std
+                ax.axhspan(low, high, color="grey", alpha=0.15, label="no DP, mean +/- std over seeds")
     ax.set_xlabel("target epsilon")
     ax.set_ylabel("test accuracy")
     ax.set_title("Privacy / utility")
