@@ -31,7 +31,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
-from fedlab.privacy.events import GaussianEvent, merge_events
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.prv import PrvAccountant
 
 ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
@@ -288,7 +288,7 @@ def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str
 
     """
     acc = make_accountant(accountant)
-    for event in merge_events(events):
+    for event in events:
         acc.compose(event)
     return acc.epsilon(delta=delta)
 

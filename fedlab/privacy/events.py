@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,30 +109,3 @@ def _as_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer; got {value!r}")
     return int(value)
-
-
-def merge_events(events: Iterable[GaussianEvent]) -> list[GaussianEvent]:
-    """Merges events with the same noise multiplier and sample rate into one event each.
-
-    Composition is commutative, so ``k`` events of ``s_i`` steps with equal parameters compose
-    to one event of ``sum(s_i)`` steps; accountants then self-compose once instead of ``k`` times
-    (a DP-FedAvg run re-accounts its whole history every round).
-
-    Args:
-        events: The releases.
-
-    Returns:
-        One event per distinct (noise multiplier, sample rate), in order of first appearance.
-
-    Example:
-        >>> e = GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1)
-        >>> merged = merge_events([e, e, GaussianEvent(noise_multiplier=2.0, sample_rate=0.1, steps=3), e])
-        >>> [(m.noise_multiplier, m.steps) for m in merged]
-        [(1.0, 3), (2.0, 3)]
-
-    """
-    steps: dict[tuple[float, float], int] = {}
-    for event in events:
-        key = (event.noise_multiplier, event.sample_rate)
-        steps[key] = steps.get(key, 0) + event.steps
-    return [GaussianEvent(noise_multiplier=z, sample_rate=q, steps=n) for (z, q), n in steps.items()]
