@@ -33,7 +33,7 @@ import numpy as np
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.sampling import sample_poisson
 from fedlab.core.reports import TrainReport
-from fedlab.privacy.accountants import epsilon_of
+from fedlab.privacy.accountants import RepeatedEventEpsilon
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,
     norm_indicator,
@@ -168,15 +168,14 @@ def run_dp_fedavg(
     sample_rng = np.random.default_rng([settings.seed, 1])
     weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
     shapes = [tuple(w.shape) for w in weights]
-    events: list[GaussianEvent] = []
     epsilon = 0.0
     clip = settings.adaptive.clip_norm if settings.adaptive else settings.clip_norm
     adaptive = settings.adaptive
+    round_event = settings.round_event()
+    budget = RepeatedEventEpsilon(round_event, delta=settings.delta, accountant=settings.accountant)
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
-        next_epsilon = epsilon_of(
-            [*events, settings.round_event()], delta=settings.delta, accountant=settings.accountant
-        )
+        next_epsilon = budget.epsilon(round_num)  # every earlier round released one event
         if settings.max_epsilon is not None and next_epsilon > settings.max_epsilon:
             reason = (
                 f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
@@ -197,7 +196,6 @@ def run_dp_fedavg(
         weights = [
             (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
         ]
-        events.append(settings.round_event())
         epsilon = next_epsilon
         round_clip = clip
         if adaptive is not None:

@@ -32,6 +32,7 @@ from fedlab.privacy.accountants import (
     Accountant,
     PldAccountant,
     RdpAccountant,
+    RepeatedEventEpsilon,
     epsilon_of,
     make_accountant,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "PldAccountant",
     "PrivacyLedger",
     "RdpAccountant",
+    "RepeatedEventEpsilon",
     "RoundRecord",
     "calibrate_noise_multiplier",
     "epsilon_of",

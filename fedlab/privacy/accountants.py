@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.pld import pld_privacy_accountant, privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
@@ -291,6 +291,64 @@ def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str
     for event in events:
         acc.compose(event)
     return acc.epsilon(delta=delta)
+
+
+class RepeatedEventEpsilon:
+    """Epsilon of ``n`` repetitions of one event, for n = 1, 2, ... (a run's per-round budget checks).
+
+    For PLD the event's privacy-loss distribution is built once (the costly part: about 0.3 s at
+    the default interval) and self-composed ``n`` times per query, exactly as
+    ``epsilon_of([event] * n)`` does after rebuilding it; other accountants answer through
+    :func:`epsilon_of`. Same numbers either way (within 1e-9 relative: dp_accounting's accountant
+    also composes with an identity distribution first; tested).
+
+    Args:
+        event: The repeated release (e.g. one DP-FedAvg round).
+        delta: Target delta, in (0, 1).
+        accountant: ``"pld"``, ``"prv"`` or ``"rdp"``.
+        value_discretization_interval: PLD grid step (PLD only).
+
+    Example:
+        >>> e = GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1)
+        >>> curve = RepeatedEventEpsilon(e, delta=1e-5, accountant="pld")
+        >>> math.isclose(curve.epsilon(50), epsilon_of([e] * 50, delta=1e-5), rel_tol=1e-9)
+        True
+
+    """
+
+    def __init__(
+        self,
+        event: GaussianEvent,
+        *,
+        delta: float,
+        accountant: str = "pld",
+        value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION,
+    ) -> None:
+        check_delta(delta)
+        make_accountant(accountant)  # validates the name
+        self._event, self._delta, self._accountant = event, delta, accountant
+        self._interval = _check_interval(value_discretization_interval)
+        self._pld: Any = None
+
+    def epsilon(self, repetitions: int) -> float:
+        """Returns the epsilon after ``repetitions`` of the event (0.0 for none)."""
+        if repetitions < 1:
+            return 0.0
+        e = self._event
+        if self._accountant != "pld" or e.noise_multiplier == 0.0:
+            repeated = GaussianEvent(
+                noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps * repetitions
+            )
+            return epsilon_of([repeated], delta=self._delta, accountant=self._accountant)
+        if self._pld is None:
+            self._pld = privacy_loss_distribution.from_gaussian_mechanism(
+                standard_deviation=e.noise_multiplier,
+                value_discretization_interval=self._interval,
+                sampling_prob=e.sample_rate,
+                neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+            )
+        composed = self._pld.self_compose(e.steps * repetitions)
+        return max(0.0, float(composed.get_epsilon_for_delta(self._delta)))
 
 
 def _to_dp_event(events: Sequence[GaussianEvent]) -> Any:

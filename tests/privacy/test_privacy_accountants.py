@@ -15,6 +15,7 @@ from fedlab.privacy import (
     GaussianEvent,
     PldAccountant,
     RdpAccountant,
+    RepeatedEventEpsilon,
     epsilon_of,
     make_accountant,
 )
@@ -273,3 +274,18 @@ def test_rdp_with_opacus_orders_agrees_with_opacus() -> None:
     acc = RdpAccountant(orders=OPACUS_RDP_ORDERS)
     acc.compose(event(1.5, 0.04, 2250))
     assert acc.epsilon(delta=1e-5) == pytest.approx(OPACUS_RDP_EPSILON, rel=5e-5)
+
+
+@pytest.mark.parametrize("name", ["pld", "prv", "rdp"])
+def test_repeated_event_epsilon_equals_epsilon_of_the_repeated_history(name: str) -> None:
+    event = GaussianEvent(noise_multiplier=1.1, sample_rate=0.05, steps=2)
+    curve = RepeatedEventEpsilon(event, delta=1e-5, accountant=name)
+    values = [curve.epsilon(n) for n in (1, 3, 40)]
+    expected = [epsilon_of([event] * n, delta=1e-5, accountant=name) for n in (1, 3, 40)]
+    assert values == pytest.approx(expected, rel=1e-9)
+    assert values == sorted(values) and curve.epsilon(0) == 0.0
+
+
+def test_repeated_event_epsilon_of_a_noiseless_event_is_infinite() -> None:
+    curve = RepeatedEventEpsilon(GaussianEvent(noise_multiplier=0.0, sample_rate=0.5, steps=1), delta=1e-5)
+    assert curve.epsilon(1) == math.inf
