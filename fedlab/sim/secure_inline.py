@@ -48,12 +48,19 @@ class InlineSecureTransport:
         self._client = SecureClient(seeded=True)
         self._states: dict[str, SecureClientState] = {}
 
+    @property
+    def held_states(self) -> int:
+        """How many clients' secret stage states are held now (none once a round has unmasked)."""
+        return len(self._states)
+
     def available_clients(self) -> list[str]:
         """The ids of the clients available in the next round."""
         return self._inline.available_clients()
 
     def stage(self, request: StageRequest) -> StageReplies:
         """Answer one stage for every addressed client; dropouts and refusals become failures."""
+        if request.stage == Stage.ADVERTISE_KEYS:
+            self._states.clear()  # a new round: nothing of an earlier (possibly aborted) one survives
         failures: list[str] = []
         trained = self._train(request, failures) if request.stage == Stage.MASKED_INPUT else {}
         replies: dict[str, ClientStageMessage] = {}
@@ -76,7 +83,7 @@ class InlineSecureTransport:
         training: Training | None,
         failures: list[str],
     ) -> ClientStageMessage | None:
-        current = self._states.pop(cid, None) if request.stage > Stage.ADVERTISE_KEYS else None
+        current = self._states.pop(cid, None)
         try:
             call = stage_call(request, message)
             response = self._client.respond(self._config, cid, call, current, training=training)

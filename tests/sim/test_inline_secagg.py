@@ -108,3 +108,46 @@ def test_device_dropouts_leave_the_protocol_at_the_masked_input_stage(tmp_path: 
     for r in rounds:
         if "aborted" in r:
             assert r["abort_reason"] and r["clients"] == 0
+
+
+def test_no_secret_state_outlives_its_round() -> None:
+    from fedlab.algorithms.secure_fedavg import StageRequest
+    from fedlab.data.federated import build_federated_data
+    from fedlab.secagg.errors import Stage
+    from fedlab.sim.devices import profiles_from_config
+    from fedlab.sim.inline import InlineTransport
+    from fedlab.sim.secure_inline import InlineSecureTransport
+    from fedlab.sim.worker import ClientService
+    from tests.secagg_integration.test_secure_fedavg_rounds import MemoryRecorder
+
+    # Dropouts at random stages, and a high bar for survivors: some rounds abort mid-protocol.
+    cfg = config(
+        run={"rounds": 6},
+        server={"fraction_train": 0.6},
+        secagg={"simulate_dropout": 0.3, "min_survivors": 0.75},
+    )
+    data = build_federated_data(cfg.data, seed=cfg.run.seed)
+    profiles = profiles_from_config(cfg.simulation, num_clients=data.num_clients, seed=cfg.run.seed)
+    inline = InlineTransport(cfg, data, service=ClientService(cfg, data), pool=None, profiles=profiles)
+    held: list[tuple[Stage, int, int]] = []
+
+    class Watched(InlineSecureTransport):
+        def stage(self, request: StageRequest) -> Any:
+            replies = super().stage(request)
+            held.append((request.stage, self.held_states, len(replies.replies)))
+            return replies
+
+    secure = Watched(cfg, inline)
+    model = build_model(
+        "logreg", feature_shape=data.feature_shape, num_classes=data.num_classes, hidden=8, seed=3
+    )
+    recorder = MemoryRecorder()
+    run_configured(
+        cfg, transport=secure, recorder=recorder, initial_weights=get_weights(model), num_clients=NUM_CLIENTS
+    )
+    aborted = [round_num for round_num, _, _, extra, _ in recorder.released if "aborted" in extra]
+    assert aborted and aborted[0] < 6  # a round aborted mid-protocol and another round followed
+    # A new round starts from nothing: after stage 0 exactly the clients that advertised hold keys,
+    # whatever an aborted round left behind; after an unmask stage nobody holds anything.
+    assert all(count == replied for stage, count, replied in held if stage == Stage.ADVERTISE_KEYS)
+    assert all(count == 0 for stage, count, _ in held if stage == Stage.UNMASK)
