@@ -86,6 +86,13 @@ def _simulate(
     return simulate_with_flower(config, run_dir, observer)
 
 
+def _per_client(epsilons: dict[str, float | None], *, shown: int = 12) -> str:
+    """The first ``shown`` clients' epsilons, and how many more there are (summary.json has all)."""
+    items = list(epsilons.items())
+    text = ", ".join(f"{k}: {v:.2f}" if v is not None else f"{k}: inf" for k, v in items[:shown])
+    return text + (f", ... ({len(items) - shown} more in summary.json)" if len(items) > shown else "")
+
+
 def _print_summary(console: Console, summary: Mapping[str, Any]) -> None:
     table = Table(title=f"fedlab run {summary['run_name']}", show_header=False)
     table.add_row("rounds", f"{summary['rounds_completed']} / {summary['rounds_planned']}")
@@ -94,9 +101,12 @@ def _print_summary(console: Console, summary: Mapping[str, Any]) -> None:
         table.add_row("privacy", "none (epsilon = infinity)")
     else:
         table.add_row("delta", f"{summary['delta']:g}")
-        table.add_row("epsilon max / mean", f"{summary['epsilon_max']:.3f} / {summary['epsilon_mean']:.3f}")
-        per_client = ", ".join(f"{k}: {v:.2f}" for k, v in summary["client_epsilons"].items())
-        table.add_row("epsilon per client", per_client)
+        if summary.get("epsilon_user") is not None:
+            table.add_row("epsilon (user level)", f"{summary['epsilon_user']:.3f}")
+        else:
+            spread = f"{summary['epsilon_max']:.3f} / {summary['epsilon_mean']:.3f}"
+            table.add_row("epsilon max / mean", spread)
+            table.add_row("epsilon per client", _per_client(summary["client_epsilons"]))
     table.add_row("seconds", f"{summary['seconds']:.1f}")
     table.add_row("results", str(summary["run_dir"]))
     console.print(table)
