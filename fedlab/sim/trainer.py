@@ -21,7 +21,6 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 from opacus.accountants import create_accountant
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -43,6 +42,7 @@ from fedlab.training.local import (
     _poisson_sample_rate,
     _round_seeds,
     _wrap_for_per_sample_gradients,
+    train_step,
 )
 from fedlab.training.models import build_model, set_weights, unwrap
 
@@ -220,12 +220,7 @@ class SwapTrainer:
         return (torch.tensor(chosen, dtype=torch.long) for chosen in sampler)
 
     def _train_step(self, batch: _Batch, indices: torch.Tensor) -> float:
-        self._optimizer.zero_grad(set_to_none=True)
-        losses = F.cross_entropy(self._model(batch.x[indices]), batch.y[indices], reduction="none")
-        total = losses.sum()
-        torch.autograd.backward(total / max(len(indices), 1))
-        self._optimizer.step()
-        return float(total.detach())
+        return train_step(self._model, self._optimizer, batch.x, batch.y, indices)
 
     def _history_after(self, prior: tuple[PrivacyStep, ...], steps: int) -> tuple[PrivacyStep, ...]:
         if self._dp is None or not self._private:

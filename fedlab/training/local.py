@@ -428,14 +428,7 @@ class LocalTrainer:
 
     def _train_step(self, indices: torch.Tensor) -> float:
         """Take one optimizer step on the given examples; return their summed loss."""
-        self._optimizer.zero_grad(set_to_none=True)
-        losses = F.cross_entropy(self._model(self._x[indices]), self._y[indices], reduction="none")
-        total = losses.sum()
-        # Batch mean; an empty Poisson batch gives 0 instead of NaN (Opacus still
-        # takes the step: it adds noise and the accountant counts it).
-        torch.autograd.backward(total / max(len(indices), 1))
-        self._optimizer.step()
-        return float(total.detach())
+        return train_step(self._model, self._optimizer, self._x, self._y, indices)
 
     def _history_after(self, prior: tuple[PrivacyStep, ...], steps: int) -> tuple[PrivacyStep, ...]:
         if self._dp is None:
@@ -452,6 +445,28 @@ class LocalTrainer:
         )
         n = len(self._y)
         return Update(arrays=delta, num_examples=n, weight=float(n))
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: torch.Tensor,
+) -> float:
+    """Take one cross-entropy optimizer step on examples ``indices``; return their summed loss.
+
+    The one step every trainer takes (:class:`LocalTrainer`, the simulator's swap trainer), so
+    that who trains a client never changes its result.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    losses = F.cross_entropy(model(x[indices]), y[indices], reduction="none")
+    total = losses.sum()
+    # Batch mean; an empty Poisson batch gives 0 instead of NaN (Opacus still
+    # takes the step: it adds noise and the accountant counts it).
+    torch.autograd.backward(total / max(len(indices), 1))
+    optimizer.step()
+    return float(total.detach())
 
 
 def evaluate(
