@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import sqlite3
@@ -18,6 +17,8 @@ import pandas as pd
 import psutil
 import pytest
 
+from fedlab.flower.deploy import flower_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,23 +28,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fedlab_env(home: Path) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def run_fedlab(*args: str, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedlab", *args],
         cwd=REPO,
-        env=fedlab_env(home),
+        env=flower_env(home),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -58,7 +47,7 @@ class Managed:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fedlab", *args],
             cwd=REPO,
-            env=fedlab_env(home),
+            env=flower_env(home),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

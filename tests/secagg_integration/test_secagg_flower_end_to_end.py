@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.sim.processes import kill_tree, process_tree, start_fedlab
+from tests.sim.processes import run_to_end
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_flower_secagg_ddp_run_trains_and_records_epsilon(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = start_fedlab(
+    code, output = run_to_end(
         "simulate",
         str(REPO / "simulations" / "digits-secagg-ddp.toml"),
         "--backend",
@@ -31,16 +29,7 @@ def test_flower_secagg_ddp_run_trains_and_records_epsilon(tmp_path: Path) -> Non
         str(out),
         cwd=tmp_path,
     )
-    tracked: list[int] = []
-    try:
-        while proc.poll() is None:
-            tracked = process_tree(proc.pid) or tracked
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.5)
-        output = proc.stdout.read() if proc.stdout else ""
-    finally:
-        kill_tree(proc.pid, tracked)
-    assert proc.returncode == 0, output
+    assert code == 0, output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     released = [r for r in rows if "aborted" not in r]

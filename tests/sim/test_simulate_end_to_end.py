@@ -1,6 +1,5 @@
 """``fedlab simulate`` on Flower's simulation engine writes every promised artefact."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from fedlab.privacy.ledger import PrivacyLedger
 
-from .processes import kill_tree, process_tree, start_fedlab
+from .processes import run_to_end
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {"round", "accuracy", "loss", "epsilon_max", "epsilon_mean", "clients", "seconds"}
@@ -20,7 +19,7 @@ REQUIRED = {"round", "accuracy", "loss", "epsilon_max", "epsilon_mean", "clients
 def dp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "run"
     cwd = out.parent
-    proc = start_fedlab(
+    code, output = run_to_end(
         "simulate",
         str(REPO / "simulations" / "digits-dp.toml"),
         "--set",
@@ -29,16 +28,7 @@ def dp_run(tmp_path_factory):
         str(out),
         cwd=cwd,
     )
-    tracked = []
-    try:
-        while proc.poll() is None:
-            tracked = process_tree(proc.pid) or tracked
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.5)
-        output = proc.stdout.read() if proc.stdout else ""
-    finally:
-        kill_tree(proc.pid, tracked)
-    assert proc.returncode == 0, output
+    assert code == 0, output
     return out, output
 
 
