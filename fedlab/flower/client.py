@@ -262,12 +262,36 @@ def _client_in_process(token: str, source: ClientDataSource, max_trainers: int) 
     return client
 
 
+class MessageHandlers(Protocol):
+    """What a fedlab ClientApp answers: train, SecAgg+ stages, evaluate and the identity query."""
+
+    def train(self, msg: Message, context: Context) -> Message:
+        """Answer a train message."""
+        ...
+
+    def secagg(self, msg: Message, context: Context) -> Message:
+        """Answer a ``train.secagg`` stage message."""
+        ...
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Answer an evaluate message."""
+        ...
+
+    def query(self, msg: Message, context: Context) -> Message:
+        """Answer the identity query."""
+        ...
+
+
+def client_app_of(handlers: MessageHandlers) -> ClientApp:
+    """A ClientApp that routes each message type to ``handlers``."""
+    app = ClientApp()
+    app.train()(handlers.train)
+    app.train("secagg")(handlers.secagg)
+    app.evaluate()(handlers.evaluate)
+    app.query()(handlers.query)
+    return app
+
+
 def make_client_app(source: ClientDataSource) -> ClientApp:
     """Build the ClientApp serving train, evaluate and SecAgg+ stage messages from ``source``."""
-    client = FedlabClient(source)
-    app = ClientApp()
-    app.train()(client.train)
-    app.train("secagg")(client.secagg)
-    app.evaluate()(client.evaluate)
-    app.query()(client.query)
-    return app
+    return client_app_of(FedlabClient(source))

@@ -42,6 +42,7 @@ from fedlab.flower.client import (
     ClientDataSource,
     ConfigSource,
     FedlabClient,
+    client_app_of,
     evaluate_reply,
     identity_reply,
     secagg_refusal,
@@ -477,10 +478,4 @@ def _guard(action: Any, msg: Message) -> Message:
 
 def make_node_client_app(simulation: ClientDataSource, config: ConfigSource) -> ClientApp:
     """The ClientApp for ``flwr run``: device nodes train on their files, others on partitions."""
-    dispatcher = NodeDispatcher(simulation, config)
-    app = ClientApp()
-    app.train()(dispatcher.train)
-    app.train("secagg")(dispatcher.secagg)
-    app.evaluate()(dispatcher.evaluate)
-    app.query()(dispatcher.query)
-    return app
+    return client_app_of(NodeDispatcher(simulation, config))
