@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -240,10 +241,26 @@ def apply_masks(vector: Vector, masks: Sequence[tuple[bytes, bool]], modulus: in
             total = add_mod(total, mask, modulus) if plus else sub_mod(total, mask, modulus)
         return total
     work = np.asarray(vector).astype(np.uint32)
+    zeros = bytes(4 * len(work))
+    words = np.empty(len(work), dtype="<u4")
     for seed, plus in masks:
-        words = np.frombuffer(_keystream(seed)(4 * len(work)), dtype="<u4")
+        _keystream_into(seed, zeros, words)
         (np.add if plus else np.subtract)(work, words, out=work)
     return np.bitwise_and(work, np.uint32(modulus - 1)).astype(np.uint64)
+
+
+def _keystream_into(seed: bytes, zeros: bytes, out: npt.NDArray[np.uint32]) -> None:
+    """Write the first ``len(zeros)`` keystream bytes of ``seed`` into ``out`` (no allocation).
+
+    One zero buffer and one output buffer serve every mask of a vector: allocating two fresh
+    400 kB buffers per mask cost as much as the cipher itself.
+    """
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"a mask seed must be {KEY_BYTES} bytes, got {len(seed)}")
+    encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+    written = encryptor.update_into(zeros, out.data.cast("B"))
+    if written != len(zeros):
+        raise ValueError(f"keystream wrote {written} of {len(zeros)} bytes")
 
 
 def seeded_source(seed: bytes) -> RandomSource:

@@ -111,17 +111,22 @@ def encode(values: npt.ArrayLike, codec: FixedPointCodec, *, rng: np.random.Gene
     >>> e.values.tolist(), e.clipped
     ([5, 251, 10], 1)
     """
-    x = np.asarray(values, dtype=np.float64).ravel()
-    if np.isnan(x).any():
+    x = np.array(values, dtype=np.float64).ravel()  # a private copy, scaled in place below
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the exact check below decides
+        total = float(x.sum())
+    if not math.isfinite(total) and np.isnan(x).any():
         raise EncodingError("cannot encode NaN")
-    clipped = int(np.count_nonzero(np.abs(x) > codec.clip))
-    scaled = np.clip(x, -codec.clip, codec.clip)
+    clipped = int(np.count_nonzero(x > codec.clip) + np.count_nonzero(x < -codec.clip))
+    scaled = np.clip(x, -codec.clip, codec.clip, out=x)
     scaled *= codec.scale
     low = np.floor(scaled)
     fraction = np.subtract(scaled, low, out=scaled)
-    rounded = low.astype(np.int64) + (rng.random(fraction.shape) < fraction)
-    residues = np.bitwise_and(rounded, codec.modulus - 1)  # two's complement: == mod 2**bits
-    return Encoded(values=as_residues(residues, codec.modulus, len(x)), clipped=clipped)
+    rounded = low.astype(np.int64)
+    rounded += rng.random(fraction.shape) < fraction
+    np.bitwise_and(rounded, codec.modulus - 1, out=rounded)  # two's complement: == mod 2**bits
+    residues = rounded.view(np.uint64)  # every value now lies in [0, 2**bits)
+    residues.flags.writeable = False
+    return Encoded(values=residues, clipped=clipped)
 
 
 def decode_sum(total: npt.ArrayLike, codec: FixedPointCodec, *, num_summands: int) -> npt.NDArray[np.float64]:

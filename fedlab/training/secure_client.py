@@ -621,7 +621,7 @@ def encode_update(
         result = encode_client(flat, encoding, seed=rotation_seed, rng=rng)
         return EncodedUpdate(result.values, int(result.was_clipped))
     encoded = encode(flat, encoding, rng=rng)
-    return EncodedUpdate(encoded.values.astype(np.int64), encoded.clipped)
+    return EncodedUpdate(encoded.values.view(np.int64), encoded.clipped)
 
 
 # ---- stages ------------------------------------------------------------------------------------

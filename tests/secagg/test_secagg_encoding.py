@@ -1,5 +1,7 @@
 """Fixed-point encoding: clip and count, unbiased rounding, and never a wrapped (wrong) sum."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,17 @@ def test_nan_and_bad_configurations_are_refused():
     for kwargs in (dict(bits=1), dict(bits=63), dict(clip=0.0), dict(clip=np.inf), dict(scale=-1.0)):
         with pytest.raises(EncodingError):
             FixedPointCodec(**{**dict(bits=16, clip=1.0, scale=1.0, max_summands=1), **kwargs})
+
+
+def test_encoding_leaves_the_input_alone_and_counts_both_infinities_without_warning() -> None:
+    codec = FixedPointCodec.for_sum(bits=16, clip=1.0, max_summands=4)
+    values = np.array([np.inf, -np.inf, 0.5, 3.0, -0.25])
+    before = values.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoded = encode(values, codec, rng=np.random.default_rng(0))
+    assert np.array_equal(values, before)  # clipped and scaled in a private copy
+    assert encoded.clipped == 3
+    assert not encoded.values.flags.writeable
+    lifted = decode_sum(encoded.values, codec, num_summands=1)
+    assert lifted[0] == codec.max_magnitude / codec.scale and lifted[1] == -lifted[0]
