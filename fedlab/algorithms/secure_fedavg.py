@@ -72,8 +72,7 @@ from fedlab.privacy.skellam import (
 from fedlab.privacy.skellam import decode_sum as skellam_decode_sum
 from fedlab.secagg import protocol
 from fedlab.secagg.crypto import RandomSource
-from fedlab.secagg.encoding import FixedPointCodec
-from fedlab.secagg.encoding import decode_sum as fixed_decode_sum
+from fedlab.secagg.encoding import FixedPointCodec, decode_counted_sum
 from fedlab.secagg.errors import EncodingError, SecAggError, Stage
 from fedlab.secagg.graph import suggest_neighbours, suggest_threshold
 from fedlab.secagg.messages import (
@@ -392,8 +391,9 @@ def secure_round(
         extra["denominator"] = settings.expected_cohort
     else:
         codec = fixed_point_codec(bits=settings.bits, clip=settings.clip_range, max_summands=len(sampled))
-        mean = fixed_decode_sum(summed.total, codec, num_summands=len(included)) / len(included)
-        extra["denominator"] = len(included)
+        counted = decode_counted_sum(summed.total, codec, num_summands=len(included))
+        mean = counted.values / len(included)
+        extra.update(denominator=len(included), clipped_values=counted.clipped)
     return SecureRoundOutcome(_shapes_split(mean, shapes), reports, extra)
 
 
@@ -422,7 +422,7 @@ def _drive(
         length, modulus = encoding.padded_dim, encoding.modulus
     else:
         encoding = fixed_point_codec(bits=settings.bits, clip=settings.clip_range, max_summands=len(sampled))
-        length, modulus = dim, encoding.modulus
+        length, modulus = dim + 1, encoding.modulus  # the delta, then the clipped-count slot
     index = {cid: i for i, cid in enumerate(sampled)}
     client_of = {i: cid for cid, i in index.items()}
     k = settings.neighbours or suggest_neighbours(len(sampled))

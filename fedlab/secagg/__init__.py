@@ -28,7 +28,9 @@ Protected (each claim is tested in ``tests/secagg``):
 * Masks come from a ChaCha20 keystream keyed by the full 256-bit seed (no 32-bit seeding),
   rejection-sampled to be exactly uniform mod m.
 * Fixed-point encoding never wraps silently: out-of-range values are clipped and counted, and a
-  configuration whose sum of n values could wrap the modulus is refused up front.
+  configuration whose sum of n values could wrap the modulus is refused up front. With
+  :func:`encode_counted` the counts ride in one more slot of the secure sum, so the server learns
+  how many values the included clients clipped in total, never one client's count.
 
 Not protected:
 
@@ -45,7 +47,15 @@ Not protected:
 
 from fedlab.secagg.crypto import RandomSource, expand_mask, seeded_source
 from fedlab.secagg.driver import simulate_round
-from fedlab.secagg.encoding import Encoded, FixedPointCodec, decode_sum, encode
+from fedlab.secagg.encoding import (
+    CountedSum,
+    Encoded,
+    FixedPointCodec,
+    decode_counted_sum,
+    decode_sum,
+    encode,
+    encode_counted,
+)
 from fedlab.secagg.errors import (
     BothSharesRequestedError,
     DecryptionError,
@@ -85,6 +95,7 @@ from fedlab.secagg.protocol import (
 __all__ = [
     "AbortedRound",
     "BothSharesRequestedError",
+    "CountedSum",
     "DecryptionError",
     "Encoded",
     "EncodingError",
@@ -110,8 +121,10 @@ __all__ = [
     "client_masked_input",
     "client_share_keys",
     "client_unmask",
+    "decode_counted_sum",
     "decode_sum",
     "encode",
+    "encode_counted",
     "expand_mask",
     "neighbour_graph",
     "seeded_source",

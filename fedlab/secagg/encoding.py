@@ -148,3 +148,62 @@ def decode_sum(total: npt.ArrayLike, codec: FixedPointCodec, *, num_summands: in
     lifted = as_residues(residues, codec.modulus, residues.shape[0] if residues.ndim else -1).astype(np.int64)
     lifted[lifted >= codec.modulus // 2] -= codec.modulus
     return lifted / codec.scale
+
+
+def max_count(codec: FixedPointCodec) -> int:
+    """The largest clipped count one client contributes: ``max_summands`` of them cannot wrap.
+
+    >>> max_count(FixedPointCodec(bits=8, clip=1.0, scale=10.0, max_summands=4))
+    31
+    """
+    return int((2 ** (codec.bits - 1) - 1) // codec.max_summands)
+
+
+def encode_counted(values: npt.ArrayLike, codec: FixedPointCodec, *, rng: np.random.Generator) -> Encoded:
+    """:func:`encode` ``values`` and append the number of clipped values as one more residue.
+
+    The count slot makes a clip *visible* to the server without revealing whose: summed under
+    secure aggregation it tells how many values all the included clients clipped together. One
+    client's count is capped at :func:`max_count` so that the slot's sum cannot wrap either.
+
+    Stops: clipping going unnoticed (a clip range too small for the updates biases the model with
+    no sign of it). Does not stop: the server learning the total count, an aggregate like the sum
+    itself; under distributed DP it would be a release without noise, so do not use it there.
+
+    >>> codec = FixedPointCodec(bits=8, clip=1.0, scale=10.0, max_summands=4)
+    >>> encode_counted([0.5, 3.0, -2.0], codec, rng=np.random.default_rng(0)).values.tolist()
+    [5, 10, 246, 2]
+    """
+    encoded = encode(values, codec, rng=rng)
+    count = min(encoded.clipped, max_count(codec))
+    counted = np.append(encoded.values, np.uint64(count))
+    counted.flags.writeable = False
+    return Encoded(values=counted, clipped=encoded.clipped)
+
+
+@dataclass(frozen=True)
+class CountedSum:
+    """A decoded :func:`encode_counted` sum: the summed values and the summed clipped counts."""
+
+    values: npt.NDArray[np.float64]
+    clipped: int
+
+
+def decode_counted_sum(total: npt.ArrayLike, codec: FixedPointCodec, *, num_summands: int) -> CountedSum:
+    """Decode the sum of ``num_summands`` :func:`encode_counted` encodings.
+
+    Raises:
+        EncodingError: As :func:`decode_sum`, or if the vector has no count slot.
+
+    >>> codec = FixedPointCodec(bits=8, clip=1.0, scale=10.0, max_summands=4)
+    >>> decode_counted_sum([15, 246, 3], codec, num_summands=2)
+    CountedSum(values=array([ 1.5, -1. ]), clipped=3)
+    """
+    residues = np.asarray(total)
+    if residues.ndim != 1 or residues.shape[0] < 1:
+        raise EncodingError("a counted sum needs a 1-D vector ending in its count slot")
+    values = decode_sum(residues[:-1], codec, num_summands=num_summands)
+    clipped = int(residues[-1])
+    if not 0 <= clipped < 2 ** (codec.bits - 1):
+        raise EncodingError(f"the count slot holds {clipped}, not a sum of capped counts")
+    return CountedSum(values=values, clipped=clipped)

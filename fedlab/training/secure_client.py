@@ -56,7 +56,7 @@ from fedlab.core.update import Update
 from fedlab.privacy.skellam import SkellamParams, encode_client
 from fedlab.secagg import protocol
 from fedlab.secagg.crypto import KeyPair, RandomSource, seeded_source
-from fedlab.secagg.encoding import FixedPointCodec, encode
+from fedlab.secagg.encoding import FixedPointCodec, encode_counted
 from fedlab.secagg.errors import ProtocolError, Stage
 from fedlab.secagg.messages import (
     ClientKeys,
@@ -612,7 +612,8 @@ def encode_update(
 ) -> EncodedUpdate:
     """Flatten the delta and encode it for secure aggregation.
 
-    Fixed point: each coordinate clipped to [-clip, clip], scaled, stochastically rounded.
+    Fixed point: each coordinate clipped to [-clip, clip], scaled, stochastically rounded, then the
+    number of clipped coordinates appended (:func:`fedlab.secagg.encoding.encode_counted`).
     Skellam: rotate (public ``rotation_seed``), clip to L2 norm c, scale, conditional rounding,
     add this client's Skellam noise share, reduce mod 2^bits (:func:`fedlab.privacy.skellam.encode_client`).
     """
@@ -620,7 +621,7 @@ def encode_update(
     if isinstance(encoding, SkellamParams):
         result = encode_client(flat, encoding, seed=rotation_seed, rng=rng)
         return EncodedUpdate(result.values, int(result.was_clipped))
-    encoded = encode(flat, encoding, rng=rng)
+    encoded = encode_counted(flat, encoding, rng=rng)
     return EncodedUpdate(encoded.values.view(np.int64), encoded.clipped)
 
 

@@ -102,3 +102,45 @@ def test_encoding_leaves_the_input_alone_and_counts_both_infinities_without_warn
     assert not encoded.values.flags.writeable
     lifted = decode_sum(encoded.values, codec, num_summands=1)
     assert lifted[0] == codec.max_magnitude / codec.scale and lifted[1] == -lifted[0]
+
+
+def test_clipped_counts_ride_in_the_secure_sum_and_only_their_total_is_unmasked() -> None:
+    from fedlab.secagg.crypto import seeded_source
+    from fedlab.secagg.driver import simulate_round
+    from fedlab.secagg.encoding import decode_counted_sum, encode_counted
+    from fedlab.secagg.errors import Stage
+    from fedlab.secagg.messages import SecAggParams, SecureSum
+
+    n, d, clip = 8, 50, 0.5
+    codec = FixedPointCodec.for_sum(bits=32, clip=clip, max_summands=n)
+    rng = np.random.default_rng(4)
+    vectors = {i: rng.normal(0.0, 0.4 * (i + 1) / n, d) for i in range(n)}
+    clipped = {i: int(np.count_nonzero(np.abs(v) > clip)) for i, v in vectors.items()}
+    assert len(set(clipped.values())) > 2  # the clients clip different numbers of values
+    encoded = {i: encode_counted(v, codec, rng=rng).values for i, v in vectors.items()}
+    params = SecAggParams(1, d + 1, codec.modulus, 4, 3, bytes(32))
+    result = simulate_round(
+        encoded, params=params, source=seeded_source(b"count"), dropouts={Stage.MASKED_INPUT: {2}}
+    )
+    assert isinstance(result, SecureSum) and 2 not in result.included
+    counted = decode_counted_sum(result.total, codec, num_summands=len(result.included))
+    assert counted.clipped == sum(clipped[i] for i in result.included)
+    expected = sum(np.clip(vectors[i], -clip, clip) for i in result.included)
+    assert np.max(np.abs(counted.values - expected)) <= codec.quantization_bound(len(result.included))
+
+
+def test_one_clients_count_is_capped_so_the_count_slot_cannot_wrap() -> None:
+    from fedlab.secagg.encoding import decode_counted_sum, encode_counted, max_count
+
+    codec = FixedPointCodec.for_sum(bits=8, clip=1.0, max_summands=4)
+    cap = max_count(codec)
+    assert cap * 4 <= 2**7 - 1
+    everything_clipped = np.full(3 * cap, 9.0)
+    encodings = [encode_counted(everything_clipped, codec, rng=np.random.default_rng(i)) for i in range(4)]
+    assert all(e.clipped == 3 * cap and int(e.values[-1]) == cap for e in encodings)
+    total = np.zeros(3 * cap + 1, dtype=np.uint64)
+    for e in encodings:
+        total = add_mod(total, e.values, codec.modulus)
+    assert decode_counted_sum(total, codec, num_summands=4).clipped == 4 * cap
+    with pytest.raises(EncodingError, match="count slot"):
+        decode_counted_sum(np.array([0, 2**7], dtype=np.uint64), codec, num_summands=1)

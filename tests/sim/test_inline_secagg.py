@@ -151,3 +151,25 @@ def test_no_secret_state_outlives_its_round() -> None:
     # whatever an aborted round left behind; after an unmask stage nobody holds anything.
     assert all(count == replied for stage, count, replied in held if stage == Stage.ADVERTISE_KEYS)
     assert all(count == 0 for stage, count, _ in held if stage == Stage.UNMASK)
+
+
+def test_plain_secure_rounds_report_how_many_values_the_clients_clipped(tmp_path: Path) -> None:
+    # A clip range far below the deltas clips most coordinates; an ample one clips none. The count
+    # reaches the server only as one more slot of the secure sum, and both transports agree on it.
+    tight = config(
+        dp={"mode": "none"},
+        secagg={"clip_range": 1e-4, "bits": 32, "simulate_dropout": 0.25},
+        run={"rounds": 2},
+    )
+    simulate_inline(tight, tmp_path / "tight", SilentObserver())
+    run_with_bytes_transport(tight, tmp_path / "bytes")
+    ample = config(dp={"mode": "none"}, secagg={"clip_range": 10.0, "bits": 32}, run={"rounds": 2})
+    simulate_inline(ample, tmp_path / "ample", SilentObserver())
+    dim = sum(w.size for w in weights_of(tmp_path / "ample"))
+    tight_rounds, ample_rounds = metrics(tmp_path / "tight"), metrics(tmp_path / "ample")
+    assert [m["clipped_values"] for m in tight_rounds] == [
+        m["clipped_values"] for m in metrics(tmp_path / "bytes")
+    ]
+    for m in tight_rounds:
+        assert m["included"] * dim // 4 < m["clipped_values"] <= m["included"] * dim
+    assert [m["clipped_values"] for m in ample_rounds] == [0, 0]
