@@ -102,6 +102,8 @@ FULL_LENGTHS = (10**4, 10**5, 10**6)
 FLOWER_MAX_CLIENTS = 100
 ID_BYTES = 8
 E2E_HIDDEN = 280
+E2E_MAX_WEIGHT = 10_000
+"""Above every client's size, so secure FedAvg weights exactly as plain FedAvg (same model)."""
 
 
 @dataclass(frozen=True)
@@ -658,7 +660,13 @@ def _e2e_config(workload: Workload, hidden: int, *, rounds: int, secagg: bool) -
             "server": {"fraction_train": 1.0},
             "dp": {"mode": "none"},
             "simulation": {"backend": "inline", "workers": 0},
-            "secagg": {"enabled": secagg, "bits": MODULUS_BITS, "clip_range": CLIP, "min_survivors": 0.7},
+            "secagg": {
+                "enabled": secagg,
+                "bits": MODULUS_BITS,
+                "clip_range": CLIP,
+                "min_survivors": 0.7,
+                "max_weight": E2E_MAX_WEIGHT,
+            },
         }
     )
 

@@ -125,7 +125,7 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
         rounds=config.run.rounds, fraction_train=rate, sampling=sampling, seed=config.run.seed,
         num_clients=num_clients, bits=sa.bits, neighbours=sa.neighbours, threshold=sa.threshold,
         clip_range=sa.clip_range, min_survivors=sa.min_survivors, ddp=ddp, delta=dp.delta,
-        max_epsilon=dp.max_epsilon,
+        max_epsilon=dp.max_epsilon, weight_cap=config.secure_weight_cap(),
     )  # fmt: skip
 
 

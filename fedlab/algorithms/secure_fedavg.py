@@ -13,10 +13,12 @@ and its accountant) meet. The server side of a round, transport-free:
    :class:`SkellamParams`); the rotation seed of distributed DP is the public round seed;
 4. unmask, take the modular sum, decode it and apply the mean delta.
 
-Denominators (public, and documented in the metrics): **plain SecAgg** averages the included
-clients' deltas with equal weights, dividing the decoded sum by the number of clients whose masked
-input is in the sum (public: the server knows who sent one). Weighting by examples would need each
-weight inside the secure sum (x_k * w_k and w_k both summed), which is not done. **Distributed DP**
+Denominators (public, and documented in the metrics): **plain SecAgg** weights clients by examples
+by default, as FedAvg does: each client multiplies its delta by :func:`~fedlab.core.update.example_weight`
+(min(examples, cap) / cap, at most 1, so the clip range still bounds it) before encoding, and the
+server divides the decoded sum by the included clients' total weight, computed from their example
+counts (public metadata). With ``secagg.weighting = "uniform"`` every weight is 1 and the
+denominator is the number of clients whose masked input is in the sum. **Distributed DP**
 divides by the fixed expected cohort ``q * N`` (never the realised number of survivors, which is
 not private), as DP-FedAvg does: dropouts shrink the step by survivors / expected.
 
@@ -60,7 +62,7 @@ from fedlab.algorithms.federation import RoundRecorder, round_seed
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
-from fedlab.core.update import Update
+from fedlab.core.update import Update, example_weight
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.skellam import (
     SkellamAccountant,
@@ -197,6 +199,9 @@ class SecureFedAvgSettings:
         ddp: Distributed DP parameters (calibrated), or None for plain SecAgg.
         delta: Distributed DP: the run's delta.
         max_epsilon: Distributed DP: stop before a round that would exceed this epsilon.
+        weight_cap: Plain SecAgg weighted by examples: each client scaled its delta by
+            :func:`~fedlab.core.update.example_weight` with this cap; None averages the included
+            clients uniformly.
 
     """
 
@@ -213,6 +218,7 @@ class SecureFedAvgSettings:
     ddp: SkellamParams | None = None
     delta: float = 1e-5
     max_epsilon: float | None = None
+    weight_cap: int | None = None
 
     @property
     def expected_cohort(self) -> float:
@@ -392,8 +398,9 @@ def secure_round(
     else:
         codec = fixed_point_codec(bits=settings.bits, clip=settings.clip_range, max_summands=len(sampled))
         counted = decode_counted_sum(summed.total, codec, num_summands=len(included))
-        mean = counted.values / len(included)
-        extra.update(denominator=len(included), clipped_values=counted.clipped)
+        total_weight = math.fsum(r.update.weight for r in reports)  # 0 only if no client had data
+        mean = counted.values / total_weight if total_weight > 0.0 else np.zeros_like(counted.values)
+        extra.update(denominator=total_weight, clipped_values=counted.clipped)
     return SecureRoundOutcome(_shapes_split(mean, shapes), reports, extra)
 
 
@@ -471,7 +478,11 @@ def _drive(
     reports = tuple(
         TrainReport(
             client_id=client_of[m.masked.sender],
-            update=Update(arrays=(), num_examples=m.num_examples, weight=1.0),
+            update=Update(
+                arrays=(),
+                num_examples=m.num_examples,
+                weight=example_weight(m.num_examples, settings.weight_cap),
+            ),
             train_loss=math.nan,  # not reported under secure aggregation: it is per-client data
             epsilon=m.epsilon,
             noise_multiplier=m.noise_multiplier,

@@ -25,6 +25,7 @@ DATASETS = ("digits", "synthetic", "files")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
+SECAGG_WEIGHTINGS = ("auto", "examples", "uniform")
 DP_MODES = ("none", "dpsgd", "central", "distributed")
 CLIENT_ACCOUNTANTS = ("rdp", "prv")
 SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
@@ -299,6 +300,15 @@ class SecAggSection:
     sampled clients) reach unmasking; distributed DP calibrates its noise for that
     many survivors. ``simulate_dropout`` drops that fraction of sampled clients at
     random protocol stages (testing the dropout handling in simulation).
+
+    ``weighting`` decides how plain secure FedAvg averages: ``examples`` (as FedAvg and
+    Flower's SecAgg+ do) has each client scale its delta by min(examples, ``max_weight``)
+    / ``max_weight`` before encoding, and the server divides the sum by the sum of those
+    factors (the example counts are public metadata); ``uniform`` gives every included
+    client the same weight; ``auto`` is ``examples`` except under distributed DP, whose
+    noise is calibrated to one clipped update and which always averages uniformly. Pick
+    ``max_weight`` near the largest client's example count: weights above it are capped,
+    and a cap far above every client costs fixed-point precision.
     """
 
     enabled: bool = False
@@ -308,8 +318,12 @@ class SecAggSection:
     clip_range: float = 1.0
     min_survivors: float = 0.7
     simulate_dropout: float = 0.0
+    weighting: str = "auto"
+    max_weight: int = 1000
 
     def __post_init__(self) -> None:
+        _check_choice("secagg.weighting", self.weighting, SECAGG_WEIGHTINGS)
+        _check_min("secagg.max_weight", self.max_weight, 1)
         _check_min("secagg.neighbours", self.neighbours, 0)
         _check_min("secagg.threshold", self.threshold, 0)
         if not 8 <= self.bits <= 62:
@@ -339,6 +353,18 @@ class RunConfig:
             raise _fail(
                 "dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true"
             )
+        if self.dp.mode == "distributed" and self.secagg.weighting == "examples":
+            raise _fail(
+                "secagg.weighting",
+                "distributed DP averages with equal weights (its noise covers one clipped update); "
+                "use 'auto' or 'uniform'",
+            )
+
+    def secure_weight_cap(self) -> int | None:
+        """The example-weight cap of plain secure FedAvg, or None when it averages uniformly."""
+        if self.dp.mode == "distributed" or self.secagg.weighting == "uniform":
+            return None
+        return self.secagg.max_weight
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the config as nested plain dicts, omitting unset optional values."""

@@ -63,3 +63,20 @@ def weighted_mean(updates: list[Update]) -> list[np.ndarray]:
         for acc, arr in zip(out, u.arrays, strict=True):
             acc += (u.weight / total) * arr.astype(np.float64)
     return [a.astype(np.float32) for a in out]
+
+
+def example_weight(num_examples: int, cap: int | None) -> float:
+    """A client's weight in plain secure FedAvg: min(examples, cap) / cap, in [0, 1]; 1 if uniform.
+
+    The client multiplies its delta by it before encoding (so the clip range still bounds every
+    encoded value) and the server divides the secure sum by the included clients' total weight,
+    which it computes from their public example counts.
+
+    >>> example_weight(250, 1000), example_weight(5000, 1000), example_weight(7, None)
+    (0.25, 1.0, 1.0)
+    """
+    if cap is None:
+        return 1.0
+    if cap < 1 or num_examples < 0:
+        raise ValueError(f"need cap >= 1 and num_examples >= 0, got {cap}, {num_examples}")
+    return min(num_examples, cap) / cap

@@ -52,7 +52,7 @@ import numpy.typing as npt
 
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
-from fedlab.core.update import Update
+from fedlab.core.update import Update, example_weight
 from fedlab.privacy.skellam import SkellamParams, encode_client
 from fedlab.secagg import protocol
 from fedlab.secagg.crypto import KeyPair, RandomSource, seeded_source
@@ -608,16 +608,23 @@ class EncodedUpdate:
 
 
 def encode_update(
-    update: Update, encoding: Encoding, *, rotation_seed: int, rng: np.random.Generator
+    update: Update, encoding: Encoding, *, rotation_seed: int, rng: np.random.Generator, weight: float = 1.0
 ) -> EncodedUpdate:
     """Flatten the delta and encode it for secure aggregation.
+
+    ``weight`` (fixed point only, in [0, 1]) multiplies the delta first: the client's share of an
+    example-weighted mean (:func:`fedlab.core.update.example_weight`).
 
     Fixed point: each coordinate clipped to [-clip, clip], scaled, stochastically rounded, then the
     number of clipped coordinates appended (:func:`fedlab.secagg.encoding.encode_counted`).
     Skellam: rotate (public ``rotation_seed``), clip to L2 norm c, scale, conditional rounding,
     add this client's Skellam noise share, reduce mod 2^bits (:func:`fedlab.privacy.skellam.encode_client`).
     """
+    if not 0.0 <= weight <= 1.0 or (weight != 1.0 and isinstance(encoding, SkellamParams)):
+        raise ValueError(f"weight must be in [0, 1] (and 1 under distributed DP), got {weight}")
     flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in update.arrays])
+    if weight != 1.0:
+        flat *= weight
     if isinstance(encoding, SkellamParams):
         result = encode_client(flat, encoding, seed=rotation_seed, rng=rng)
         return EncodedUpdate(result.values, int(result.was_clipped))
@@ -834,7 +841,12 @@ def _train_and_mask(
     if training is None:
         raise ProtocolError("the masked-input stage carries no global weights")
     report, new_history = training()
-    encoded = encode_update(report.update, encoding, rotation_seed=msg.round_seed, rng=generator_from(source))
+    weight = 1.0
+    if isinstance(encoding, FixedPointCodec):
+        weight = example_weight(report.update.num_examples, config.secure_weight_cap())
+    encoded = encode_update(
+        report.update, encoding, rotation_seed=msg.round_seed, rng=generator_from(source), weight=weight
+    )
     new_state, masked = masked_input(current, delivery, encoded.residues)
     meta = {
         "num-examples": float(report.update.num_examples),

@@ -34,6 +34,15 @@ def test_round_trip_through_dict_keeps_every_value():
         ({"dp": {"mode": "dpsgd"}}, "dp.noise_multiplier"),
         ({"dp": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3.0}}, "dp.noise_multiplier"),
         ({"model": {"kind": "transformer"}}, "model.kind"),
+        ({"secagg": {"enabled": True, "weighting": "by-size"}}, "secagg.weighting"),
+        ({"secagg": {"enabled": True, "max_weight": 0}}, "secagg.max_weight"),
+        (
+            {
+                "secagg": {"enabled": True, "weighting": "examples"},
+                "dp": {"mode": "distributed", "target_epsilon": 8.0},
+            },
+            "secagg.weighting",
+        ),
     ],
 )
 def test_bad_values_name_the_key(raw, key):
@@ -71,3 +80,14 @@ def test_missing_and_malformed_files(tmp_path):
 def test_every_shipped_simulation_config_loads(path):
     config = load_config(path)
     assert config.run.rounds >= 1 and config.data.num_clients >= 1
+
+
+def test_secure_weighting_defaults_to_examples_except_under_distributed_dp():
+    plain = config_from_dict({"secagg": {"enabled": True, "max_weight": 500}})
+    assert plain.secure_weight_cap() == 500
+    uniform = config_from_dict({"secagg": {"enabled": True, "weighting": "uniform"}})
+    assert uniform.secure_weight_cap() is None
+    ddp = config_from_dict(
+        {"secagg": {"enabled": True}, "dp": {"mode": "distributed", "target_epsilon": 8.0}}
+    )
+    assert ddp.secure_weight_cap() is None

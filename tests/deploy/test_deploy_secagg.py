@@ -63,12 +63,15 @@ def test_three_devices_train_dpsgd_under_secure_aggregation(tmp_path, certs, pro
     assert code == 0, server.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+    # Weighted by examples (secagg.max_weight 1000 by default): the devices' public counts.
+    total_weight = sum(min(len(pd.read_csv(path)), 1000) for path in data) / 1000
     for row in rows:
         # Securely aggregated, never aborted: the sum of all 3 masked inputs was unmasked.
         assert "aborted" not in row, row
         assert row["sampled"] == 3 and row["included"] == 3 and row["failures"] == 0, row
         assert row["neighbours"] == 2 and row["threshold"] == 2, row
-        assert row["denominator"] == 3, row  # plain SecAgg: equal-weight mean of the included
+        assert row["denominator"] == pytest.approx(total_weight), row
+        assert row["clipped_values"] >= 0, row  # the total count, from the secure sum's count slot
         assert 0.0 <= row["accuracy"] <= 1.0
         loss = row.get("train_loss")
         assert loss is None or math.isnan(loss)  # per-client losses never leave a device

@@ -41,7 +41,15 @@ def make_config(**sections: Mapping[str, Any]) -> RunConfig:
         "data": {"dataset": "digits", "num_clients": NUM_CLIENTS},
         "model": {"kind": "logreg"},
         "train": {"local_epochs": 1, "batch_size": 32, "lr": 0.1},
-        "secagg": {"enabled": True, "bits": 32, "clip_range": 1.0, "min_survivors": 0.5},
+        # Equal weights, so that the secure mean is compared with the plain mean of the deltas
+        # (example weighting against plain FedAvg: tests/sim/test_inline_secagg.py).
+        "secagg": {
+            "enabled": True,
+            "bits": 32,
+            "clip_range": 1.0,
+            "min_survivors": 0.5,
+            "weighting": "uniform",
+        },
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

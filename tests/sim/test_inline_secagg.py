@@ -173,3 +173,28 @@ def test_plain_secure_rounds_report_how_many_values_the_clients_clipped(tmp_path
     for m in tight_rounds:
         assert m["included"] * dim // 4 < m["clipped_values"] <= m["included"] * dim
     assert [m["clipped_values"] for m in ample_rounds] == [0, 0]
+
+
+def test_example_weighted_secure_fedavg_trains_the_plain_fedavg_model(tmp_path: Path) -> None:
+    # Unequal clients (Dirichlet split), every client sampled, no dropouts, a clip range the deltas
+    # never reach and a weight cap above every client's size: SecAgg+ weighted by examples must
+    # give plain FedAvg's model up to the fixed-point quantization; equal weights must not.
+    sections: dict[str, dict[str, Any]] = {
+        "run": {"rounds": 2},
+        "data": {"partitioner": "dirichlet"},
+        "dp": {"mode": "none"},
+        "server": {"fraction_train": 1.0},
+        "secagg": {"clip_range": 4.0, "bits": 40, "simulate_dropout": 0.0, "max_weight": 2000},
+    }
+    simulate_inline(config(**sections), tmp_path / "secure", SilentObserver())
+    plain = {**sections, "secagg": {"enabled": False}}
+    simulate_inline(config(**plain), tmp_path / "plain", SilentObserver())
+    uniform = {**sections, "secagg": {**sections["secagg"], "weighting": "uniform"}}
+    simulate_inline(config(**uniform), tmp_path / "uniform", SilentObserver())
+    secure, reference = weights_of(tmp_path / "secure"), weights_of(tmp_path / "plain")
+    equal = weights_of(tmp_path / "uniform")
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(secure, reference, strict=True)) < 1e-5
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(equal, reference, strict=True)) > 1e-3
+    sizes_differ = [m["denominator"] for m in metrics(tmp_path / "secure")]
+    assert all(0.0 < d < NUM_CLIENTS for d in sizes_differ)  # sum of min(n_k, cap) / cap
+    assert [m["denominator"] for m in metrics(tmp_path / "uniform")] == [NUM_CLIENTS, NUM_CLIENTS]
