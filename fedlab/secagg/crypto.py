@@ -17,7 +17,7 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -177,10 +177,15 @@ def decrypt_share(key: bytes, ciphertext: bytes, *, sender: int, receiver: int, 
         ) from error
 
 
-def _keystream(seed: bytes) -> Callable[[int], bytes]:
+def _chacha20(seed: bytes) -> CipherContext:
+    """The ChaCha20 encryptor keyed by the whole 32-byte ``seed`` (counter and nonce zero)."""
     if len(seed) != KEY_BYTES:
         raise ValueError(f"a mask seed must be {KEY_BYTES} bytes, got {len(seed)}")
-    encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+    return Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
+
+
+def _keystream(seed: bytes) -> Callable[[int], bytes]:
+    encryptor = _chacha20(seed)
     return lambda size: encryptor.update(bytes(size))
 
 
@@ -255,10 +260,7 @@ def _keystream_into(seed: bytes, zeros: bytes, out: npt.NDArray[np.uint32]) -> N
     One zero buffer and one output buffer serve every mask of a vector: allocating two fresh
     400 kB buffers per mask cost as much as the cipher itself.
     """
-    if len(seed) != KEY_BYTES:
-        raise ValueError(f"a mask seed must be {KEY_BYTES} bytes, got {len(seed)}")
-    encryptor = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
-    written = encryptor.update_into(zeros, out.data.cast("B"))
+    written = _chacha20(seed).update_into(zeros, out.data.cast("B"))
     if written != len(zeros):
         raise ValueError(f"keystream wrote {written} of {len(zeros)} bytes")
 
