@@ -33,11 +33,12 @@ class LocalSecureTransport:
     carried: list[tuple[int, Stage, str, ClientStageMessage]] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
     histories: dict[str, tuple[PrivacyStep, ...]] = field(default_factory=dict)
+    seeded: bool = True  # simulation randomness (reproducible); False: a device's secret randomness
 
     def __post_init__(self) -> None:
         self.federated = build_federated_data(self.config.data, seed=self.config.run.seed)
         self.runtime = ClientRuntime()
-        self.client = SecureClient(self.runtime, seeded=True)
+        self.client = SecureClient(self.runtime, seeded=self.seeded)
 
     def data(self, cid: str) -> ClientData:
         return ClientData(
