@@ -9,8 +9,6 @@ against the server). Outside ``fedlab simulate`` they come from a secret the cli
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -18,16 +16,15 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from fedlab.algorithms.federation import round_seed
 from fedlab.algorithms.runs import secure_settings
 from fedlab.algorithms.secure_fedavg import secure_round
-from fedlab.core.config import config_from_dict, load_config
+from fedlab.core.config import config_from_dict
 from fedlab.data.federated import build_federated_data
 from fedlab.flower.client import FedlabClient, PartitionDataSource
 from fedlab.flower.edge import EdgeClient, EdgeDataSource
 from fedlab.flower.records import arrays_record, train_report_from_content
 from fedlab.secagg.crypto import seeded_source
-from fedlab.training.client_runtime import ClientData, ClientRuntime
+from fedlab.training.client_runtime import ClientRuntime
 from fedlab.training.models import build_model, get_weights
 
-REPO = Path(__file__).resolve().parents[2]
 ROUND = 1
 
 
