@@ -149,6 +149,9 @@ class DpSection:
     the whole federation. With either mode exactly one of ``noise_multiplier`` and
     ``target_epsilon`` is set; a target is calibrated for the planned rounds.
     ``accountant = "auto"`` means ``rdp`` for DP-SGD (Opacus) and ``pld`` for central.
+    Under user-level DP (``central``, ``distributed``) the run directory does not record who
+    took part in which round (ledger rows, counts in ``metrics.jsonl``, the summary's client
+    list) unless ``record_participation`` is true: the user-level epsilon does not cover them.
     """
 
     mode: str = "none"
@@ -163,6 +166,7 @@ class DpSection:
     clip_learning_rate: float = 0.2
     clipped_count_stddev: float | None = None
     max_epsilon: float | None = None
+    record_participation: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("dp.mode", self.mode, DP_MODES)
@@ -199,6 +203,11 @@ class DpSection:
     def enabled(self) -> bool:
         """Whether any differential privacy is applied."""
         return self.mode != "none"
+
+    @property
+    def user_level(self) -> bool:
+        """Whether epsilon is user level (``central`` or ``distributed``): one client's whole data."""
+        return self.mode in ("central", "distributed")
 
     @property
     def resolved_accountant(self) -> str:
@@ -293,8 +302,11 @@ class SecAggSection:
     """Secure aggregation (SecAgg+): the server learns only the sum of the updates.
 
     ``neighbours`` and ``threshold`` of 0 mean automatic (k = O(log n) neighbours, t
-    just above k/2). Updates are encoded to integers mod 2^``bits`` after clipping each
-    coordinate to [-``clip_range``, ``clip_range``] (with ``dp.mode = "distributed"``
+    just above k/2). A set ``threshold`` is at least 2 and, when ``neighbours`` is set
+    too, at most ``neighbours`` and more than half of it (2t > k): clients refuse a
+    roster of 2t or more neighbours, from which a server could collect t shares of
+    both of a client's secrets. Updates are encoded to integers mod 2^``bits`` after
+    clipping each coordinate to [-``clip_range``, ``clip_range``] (with ``dp.mode = "distributed"``
     the Skellam mechanism encodes instead, and ``clip_range`` is unused). A round
     aborts, releasing nothing, when fewer than ``min_survivors`` (a fraction of the
     sampled clients) reach unmasking; distributed DP calibrates its noise for that
@@ -326,6 +338,19 @@ class SecAggSection:
         _check_min("secagg.max_weight", self.max_weight, 1)
         _check_min("secagg.neighbours", self.neighbours, 0)
         _check_min("secagg.threshold", self.threshold, 0)
+        if self.threshold == 1:
+            raise _fail("secagg.threshold", "must be 0 (automatic) or at least 2; got 1")
+        if self.threshold and self.neighbours and self.threshold > self.neighbours:
+            raise _fail(
+                "secagg.threshold",
+                f"must be <= secagg.neighbours; got {self.threshold} > {self.neighbours}",
+            )
+        if self.threshold and self.neighbours and 2 * self.threshold <= self.neighbours:
+            raise _fail(
+                "secagg.threshold",
+                f"must be more than half of secagg.neighbours (2t > k); got {self.threshold} "
+                f"with {self.neighbours} neighbours",
+            )
         if not 8 <= self.bits <= 62:
             raise _fail("secagg.bits", f"must be in [8, 62]; got {self.bits!r}")
         _check_min("secagg.clip_range", self.clip_range, 0.0, inclusive=False)
@@ -353,12 +378,41 @@ class RunConfig:
             raise _fail(
                 "dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true"
             )
+        if self.dp.mode == "central" and self.secagg.enabled:
+            raise _fail(
+                "dp.mode", "'central' adds noise on the server; with secagg.enabled use 'distributed'"
+            )
+        self._check_user_level_accounting()
         if self.dp.mode == "distributed" and self.secagg.weighting == "examples":
             raise _fail(
                 "secagg.weighting",
                 "distributed DP averages with equal weights (its noise covers one clipped update); "
                 "use 'auto' or 'uniform'",
             )
+
+    def _check_user_level_accounting(self) -> None:
+        """Refuse what breaks user-level DP's accounting (Poisson-sampled, sensitivity C per client)."""
+        if not self.dp.user_level:
+            return
+        if self.simulation.target_updates > 0:
+            raise _fail(
+                "simulation.target_updates",
+                f"with dp.mode = {self.dp.mode!r} one client's update can displace another's (the sum "
+                "changes by up to 2C, the accountant assumes C); use 0 or simulation.round_deadline",
+            )
+        if self.client_sampling == "fraction" and self.server.fraction_train < 1.0:
+            raise _fail(
+                "server.sampling",
+                f"dp.mode = {self.dp.mode!r} is accounted with Poisson sampling of clients; "
+                "use 'poisson' or 'auto'",
+            )
+
+    @property
+    def client_sampling(self) -> str:
+        """``server.sampling`` with ``auto`` resolved: ``poisson`` under user-level DP, else ``fraction``."""
+        if self.server.sampling != "auto":
+            return self.server.sampling
+        return "poisson" if self.dp.user_level else "fraction"
 
     def secure_weight_cap(self) -> int | None:
         """The example-weight cap of plain secure FedAvg, or None when it averages uniformly."""

@@ -20,9 +20,16 @@ Protected (each claim is tested in ``tests/secagg``):
   a stage and a reason, and no sum or partial sum is released.
 * A client whose masked input arrives late, after the server reconstructed its mask key, stays
   hidden by its self mask (double masking).
-* A server asking a client for both the self-mask share and the key share of one neighbour is
-  refused. With t > k / 2 (the default), a server lying to different clients about who dropped
-  cannot collect t shares of both secrets of one client.
+* Roster inflation, even by a malicious server. Before it draws or shares any secret (stage 1), a
+  client checks its neighbour roster: t <= length <= k, where k is the announced ``neighbours`` of
+  :class:`SecAggParams`, and 2t > length (:class:`SecAggParams` also requires 2t > k). A roster of
+  2t neighbours would let a server tell t of them that the client survived and t others that it
+  dropped, collect t shares of both its self-mask seed and its mask key with requests each valid
+  on its own, and strip every mask from its input; the client refuses such a roster and sends no
+  share. A request for both the self-mask share and the key share of one neighbour is refused too,
+  so a server lying to different clients about who dropped cannot collect t shares of both
+  secrets of one client (each neighbour answering once). An honest server never sends a longer
+  roster: the graph's degree never exceeds k (an odd k on an odd number of clients gives k - 1).
 * Share ciphertexts are authenticated (AES-GCM) with sender, receiver and round as associated data:
   tampered, replayed (other round) and re-routed (other sender/receiver) ciphertexts are rejected.
 * Masks come from a ChaCha20 keystream keyed by the full 256-bit seed (no 32-bit seeding),
@@ -32,12 +39,19 @@ Protected (each claim is tested in ``tests/secagg``):
   :func:`encode_counted` the counts ride in one more slot of the secure sum, so the server learns
   how many values the included clients clipped in total, never one client's count.
 
+The guarantees hold against an honest-but-curious server plus up to t - 1 colluding clients; of a
+malicious server's attacks, only those named above are stopped (roster inflation, both shares of
+one neighbour in one request, tampered, replayed or re-routed ciphertexts).
+
 Not protected:
 
-* A malicious server beyond the SecAgg+ guarantees: one that sends clients inconsistent views or
-  graphs, asks the same client twice on the same state, picks the graph seed adversarially, or
-  substitutes public keys (keys are not signed; there is no PKI and no signed consistency round).
-  More than t - 1 colluding neighbours of a client, or a Sybil attack where the server or one party
+* Public keys are not signed: there is no PKI and no signed consistency round. A malicious server
+  can substitute public keys and sit as a man in the middle between clients: it then reads the
+  share ciphertexts it routes (each substituted key of a client's neighbour gives it one share of
+  both of the client's secrets; t of them give it both secrets). It can also give clients
+  inconsistent views (of the graph, the keys or who dropped), simulate Sybil clients, ask the same
+  client twice on the same state, or pick the graph seed adversarially.
+* More than t - 1 colluding neighbours of a client, or a Sybil attack where the server or one party
   controls many clients (k-regular graphs with small k make this cheaper than in classic SecAgg).
 * Input poisoning: a malicious client can send any in-range input or wrong shares (the result is a
   wrong sum or an abort; wrong mask-key shares are detected, wrong self-mask shares are not).

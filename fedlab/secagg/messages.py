@@ -15,7 +15,7 @@ import numpy as np
 
 from fedlab.secagg.crypto import KeyPair
 from fedlab.secagg.errors import Stage
-from fedlab.secagg.graph import Graph, suggest_neighbours, suggest_threshold
+from fedlab.secagg.graph import Graph, degree_and_threshold
 from fedlab.secagg.ring import Vector, check_modulus
 
 K = TypeVar("K")
@@ -48,9 +48,11 @@ class SecAggParams:
         round_id: Identifies the round; bound into every key derivation and share ciphertext.
         vector_length: Length of every input vector.
         modulus: Inputs, masks and the sum are residues mod ``modulus`` (2 to 2**62).
-        neighbours: Degree k of the neighbour graph (k >= n - 1 gives classic SecAgg).
+        neighbours: Degree k of the neighbour graph (k >= n - 1 gives classic SecAgg): the most
+            neighbours any client gets; a client refuses a longer roster.
         threshold: Shamir threshold t: shares needed to reconstruct a secret; t - 1 colluding
-            neighbours learn nothing. Choose t > k / 2 to stop a server lying about dropouts.
+            neighbours learn nothing. Must exceed k / 2 (2t > k): with a roster of 2t neighbours a
+            server could collect t shares of both of a client's secrets from two disjoint halves.
         graph_seed: Public 32-byte seed of the neighbour graph (fresh per round).
         min_clients: The server aborts when fewer clients than this remain at any stage.
 
@@ -72,6 +74,11 @@ class SecAggParams:
             raise ValueError(f"vector_length must be non-negative, got {self.vector_length}")
         if not 2 <= self.threshold <= self.neighbours:
             raise ValueError(f"need 2 <= threshold <= neighbours, got {self.threshold}, {self.neighbours}")
+        if 2 * self.threshold <= self.neighbours:
+            raise ValueError(
+                f"need 2 * threshold > neighbours, got {self.threshold}, {self.neighbours}: a roster of "
+                "2t neighbours would reveal both of a client's secrets"
+            )
         if len(self.graph_seed) != 32:
             raise ValueError(f"graph_seed must be 32 bytes, got {len(self.graph_seed)}")
         if self.min_clients < 2:
@@ -92,15 +99,23 @@ class SecAggParams:
         threshold: int | None = None,
         min_clients: int = 2,
     ) -> SecAggParams:
-        """Return parameters for about ``num_clients`` clients, with k = O(log n) and t = k // 2 + 1.
+        """Return parameters for a cohort of ``num_clients`` clients: k = O(log n), t = k // 2 + 1.
+
+        k and t follow :func:`~fedlab.secagg.graph.degree_and_threshold`: a given ``neighbours``
+        is capped at n - 1 and, when odd and below n - 1, made even, so that every honest roster
+        has at most k neighbours however many clients advertise; a given ``threshold`` is capped
+        at k; always 2t > k.
 
         >>> p = SecAggParams.for_clients(100, round_id=1, vector_length=3, modulus=2**32,
         ...                              graph_seed=bytes(32))
         >>> p.neighbours, p.threshold
         (20, 11)
+
+        Raises:
+            ValueError: As :func:`~fedlab.secagg.graph.degree_and_threshold`, or for bad parameters.
+
         """
-        k = suggest_neighbours(num_clients) if neighbours is None else neighbours
-        t = suggest_threshold(k) if threshold is None else threshold
+        k, t = degree_and_threshold(num_clients, neighbours=neighbours, threshold=threshold)
         return cls(round_id, vector_length, modulus, k, t, graph_seed, min_clients)
 
 

@@ -175,8 +175,16 @@ def _check_roster(state: ClientKeys, roster: NeighbourRoster) -> None:
     _check_round(params, roster.round_id, "the neighbour roster")
     if roster.receiver != me or me in roster.neighbours:
         raise ProtocolError(f"the neighbour roster is not addressed to client {me} or lists it")
-    if len(roster.neighbours) < params.threshold:
-        raise ProtocolError(f"only {len(roster.neighbours)} neighbours, the threshold is {params.threshold}")
+    size, k, t = len(roster.neighbours), params.neighbours, params.threshold
+    if size < t:
+        raise ProtocolError(f"only {size} neighbours, the threshold is {t}")
+    if size > k:
+        raise ProtocolError(f"the roster lists {size} neighbours, more than the announced k = {k}")
+    if 2 * t <= size:
+        raise ProtocolError(
+            f"the roster lists {size} neighbours, at least 2t = {2 * t}: two disjoint groups of t "
+            "could reveal both of our secrets"
+        )
     published = [k.agreement for k in roster.neighbours.values()] + [state.agreement.public]
     published += [k.encryption for k in roster.neighbours.values()] + [state.encryption.public]
     if len(set(published)) != len(published):
@@ -188,13 +196,23 @@ def client_share_keys(
 ) -> tuple[ClientShared, EncryptedShares]:
     """Stage 1 (client): Shamir-share b_u and the mask key t-of-k; encrypt each pair to its neighbour.
 
+    The roster is checked before any secret is drawn or shared: t <= len(roster) <= k (the
+    announced ``params.neighbours``) and 2t > len(roster).
+
     Stops: the server or any t - 1 neighbours learning b_u or the mask key (shares are encrypted
     to each neighbour and any t - 1 of them are independent of the secrets); a roster reflecting
-    our own keys back. Does not stop: t colluding neighbours (they hold enough shares).
+    our own keys back; roster inflation by a malicious server: with 2t or more neighbours it could
+    tell t of them that we survived (collecting t shares of b_u) and t others that we dropped
+    (collecting t shares of the mask key), each request valid on its own, then strip every mask
+    from y_u. With fewer than 2t neighbours, each answering once, it cannot get t shares of both.
+    Does not stop: t colluding neighbours (they hold enough shares, of both secrets); a server
+    that substitutes a neighbour's encryption key with its own (keys are not signed): it decrypts
+    that neighbour's shares itself, one share of each secret per substituted key; Sybil neighbours
+    run by the server (the same effect).
 
     Raises:
-        ProtocolError: If the roster is for another round or client, has fewer than t neighbours,
-            or repeats a public key.
+        ProtocolError: If the roster is for another round or client, has fewer than t or more
+            than k neighbours, has 2t or more neighbours, or repeats a public key.
 
     """
     _check_roster(state, roster)
@@ -348,9 +366,10 @@ def client_unmask(state: ClientMasked, request: UnmaskRequest) -> UnmaskResponse
     """Stage 3 (client): reveal, per neighbour, the self-mask share or the key share, never both.
 
     Stops: a server that asks for both shares of one neighbour in one request (refused with
-    :class:`BothSharesRequestedError`); a server lying about dropouts when t > k / 2 (the shares of
-    b_v and of v's key would have to come from two disjoint groups of >= t neighbours); tampered,
-    replayed or re-routed share ciphertexts (:class:`~fedlab.secagg.errors.DecryptionError`).
+    :class:`BothSharesRequestedError`); a server lying about dropouts (the shares of b_v and of v's
+    key would have to come from two disjoint groups of >= t neighbours, and v refused at stage 1
+    any roster of 2t or more); tampered, replayed or re-routed share ciphertexts
+    (:class:`~fedlab.secagg.errors.DecryptionError`).
     Does not stop: a server that calls this twice on the same state with different requests;
     the transport must discard the state after one answer (Bonawitz et al.'s signed consistency
     round for malicious servers is not implemented).

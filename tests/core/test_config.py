@@ -36,6 +36,10 @@ def test_round_trip_through_dict_keeps_every_value():
         ({"model": {"kind": "transformer"}}, "model.kind"),
         ({"secagg": {"enabled": True, "weighting": "by-size"}}, "secagg.weighting"),
         ({"secagg": {"enabled": True, "max_weight": 0}}, "secagg.max_weight"),
+        ({"secagg": {"enabled": True, "neighbours": 6, "threshold": 3}}, "secagg.threshold"),
+        ({"secagg": {"enabled": True, "neighbours": 4, "threshold": 2}}, "secagg.threshold"),
+        ({"secagg": {"enabled": True, "neighbours": 4, "threshold": 5}}, "secagg.threshold"),
+        ({"secagg": {"enabled": True, "threshold": 1}}, "secagg.threshold"),
         (
             {
                 "secagg": {"enabled": True, "weighting": "examples"},
@@ -51,6 +55,18 @@ def test_bad_values_name_the_key(raw, key):
     message = str(err.value)
     assert message.startswith(key + ":") or message.startswith(key + " ")
     assert "\n" not in message
+
+
+def test_secagg_threshold_must_be_a_strict_majority_of_the_neighbours():
+    for neighbours, threshold in ((0, 0), (5, 3), (6, 4), (4, 4), (0, 3), (7, 0), (2, 2)):
+        section = config_from_dict({"secagg": {"neighbours": neighbours, "threshold": threshold}}).secagg
+        assert (section.neighbours, section.threshold) == (neighbours, threshold)
+    with pytest.raises(
+        ConfigError, match=r"^secagg\.threshold: must be more than half of secagg\.neighbours"
+    ):
+        config_from_dict({"secagg": {"neighbours": 10, "threshold": 5}})
+    with pytest.raises(ConfigError, match=r"^secagg\.threshold: must be <= secagg\.neighbours; got 5 > 4$"):
+        config_from_dict({"secagg": {"neighbours": 4, "threshold": 5}})
 
 
 def test_int_accepted_where_float_expected_but_not_the_reverse():

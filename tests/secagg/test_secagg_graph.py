@@ -54,3 +54,14 @@ def test_suggested_degree_grows_logarithmically_and_threshold_is_a_majority():
 def test_duplicate_ids_are_refused():
     with pytest.raises(ValueError):
         neighbour_graph([1, 1, 2], neighbours=1, seed=SEED)
+
+
+def test_no_client_ever_gets_more_than_k_neighbours():
+    """Clients refuse a roster longer than the announced k: the honest graph never builds one."""
+    for n in range(2, 26):
+        for k in range(1, 28):
+            graph = neighbour_graph(range(n), neighbours=k, seed=SEED)
+            degrees = {len(v) for v in graph.values()}
+            assert degrees == {effective_degree(n, k)}
+            expected = min(k, n - 1) - (1 if min(k, n - 1) % 2 == 1 and n % 2 == 1 else 0)
+            assert effective_degree(n, k) == expected <= k

@@ -179,6 +179,7 @@ def test_params_are_validated(h):
     for change in (
         dict(threshold=1),
         dict(threshold=5),
+        dict(threshold=2),  # 2t <= k: a roster of 2t neighbours would reveal both secrets
         dict(modulus=1),
         dict(modulus=2**63),
         dict(graph_seed=b"short"),

@@ -128,9 +128,13 @@ def test_t_minus_one_colluders_and_the_server_cannot_recover_an_honest_input(rou
     assert reconstruct(seed_shares, threshold=params.threshold) == tr.shared[honest][0].self_seed
 
 
-@pytest.mark.parametrize(("threshold", "server_wins"), [(4, False), (3, True)])
-def test_a_server_lying_about_a_dropout_needs_t_at_most_k_over_2(h, threshold, server_wins):
-    """The server tells half of v's neighbours that v survived and the other half that it dropped."""
+def test_a_server_lying_about_a_dropout_cannot_collect_t_shares_of_both_secrets(h):
+    """The server tells half of v's neighbours that v survived and the other half that it dropped.
+
+    With 2t > k (required by SecAggParams; rosters of 2t or more are refused, see
+    test_secagg_roster_inflation) each half holds fewer than t shares.
+    """
+    threshold = 4
     params = h.make_params(k=6, t=threshold, d=64, m=2**16)
     inputs = h.random_inputs(14, params, seed=4)
     tr = h.run_transcript(inputs, params, unmask=False)
@@ -149,13 +153,47 @@ def test_a_server_lying_about_a_dropout_needs_t_at_most_k_over_2(h, threshold, s
         else:
             key_shares.append(Share.from_bytes(response.mask_key_shares[v]))
     assert len(seed_shares) == len(key_shares) == 3  # each neighbour answered once
-    if server_wins:  # t <= k/2: the documented limit; both of v's secrets fall
-        assert reconstruct(seed_shares, threshold=threshold) == tr.shared[v][0].self_seed
-        assert reconstruct(key_shares, threshold=threshold) == tr.keys[v][0].agreement.private
-    else:
-        for shares in (seed_shares, key_shares):
-            with pytest.raises(ShamirError, match="need 4 shares"):
-                reconstruct(shares, threshold=threshold)
+    for shares in (seed_shares, key_shares):
+        with pytest.raises(ShamirError, match="need 4 shares"):
+            reconstruct(shares, threshold=threshold)
+    with pytest.raises(ValueError, match="2 \\* threshold > neighbours"):
+        h.make_params(k=6, t=3)  # t <= k / 2, where this lie would win, cannot be announced
+
+
+def test_documented_limit_substituted_encryption_keys_let_the_server_read_shares(h):
+    """Not protected (threat model): keys are not signed, so a malicious server can sit in the middle.
+
+    It replaces the encryption keys of t of the victim's neighbours with its own: the roster stays
+    valid, and each ciphertext to a substituted key gives it one share of both secrets.
+    """
+    params = h.make_params(k=6, t=4, d=16, m=2**16)
+    source = crypto.seeded_source(b"mitm")
+    keys = {u: protocol.client_advertise(params, u, source) for u in range(12)}
+    _, rosters = protocol.server_collect_adverts(params, [a for _, a in keys.values()])
+    victim, roster = 0, rosters[0]
+    fakes = {v: crypto.generate_keypair(source) for v in sorted(roster.neighbours)[: params.threshold]}
+    forged = {
+        v: PublicKeys(pk.agreement, fakes[v].public) if v in fakes else pk
+        for v, pk in roster.neighbours.items()
+    }
+    state, shares = protocol.client_share_keys(
+        keys[victim][0], NeighbourRoster(roster.round_id, victim, forged), source
+    )
+    victim_key = keys[victim][1].keys.encryption
+    stolen = []
+    for v, fake in fakes.items():
+        secret = crypto.agree(fake.private, victim_key)
+        key = crypto.derive_key(
+            secret, label=crypto.SHARE_KEY_LABEL, context=crypto.pair_context(params.round_id, victim, v)
+        )
+        plain = crypto.decrypt_share(
+            key, shares.ciphertexts[v], sender=victim, receiver=v, round_id=params.round_id
+        )
+        stolen.append((Share.from_bytes(plain[:SHARE_BYTES]), Share.from_bytes(plain[SHARE_BYTES:])))
+    assert reconstruct([s for s, _ in stolen], threshold=params.threshold) == state.self_seed
+    assert (
+        reconstruct([k for _, k in stolen], threshold=params.threshold) == keys[victim][0].agreement.private
+    )
 
 
 def test_a_late_masked_input_stays_hidden_after_its_mask_key_is_revealed(h):
