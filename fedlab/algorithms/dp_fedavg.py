@@ -13,12 +13,16 @@ Under adaptive clipping each client also reports whether its norm was within C; 
 server privately estimates the unclipped fraction with noise sigma_b and moves C
 geometrically toward the target quantile. The round's two releases (updates with
 z_delta, counts with 2*sigma_b) compose to exactly one Gaussian with multiplier z, so
-the accountant still sees one event per round.
+the accountant still sees one event per round. Clients send the indicator b_i, never their
+norm; ``fraction_clipped`` in the metrics is 1 - b, the noised estimate.
 
-What this stops: inference about whether any one client took part, from the released
-models (up to epsilon, delta). What it does not stop: a server that skips the noise or
-learns individual updates (use secure aggregation and distributed DP for that); the
-noise here comes from a seeded numpy generator, which is reproducible, not secret.
+Adjacency and adversary: add/remove one client (its whole data), against everyone who sees
+the released models but not who took part. What this stops: inference about whether any one
+client took part, from the released models (up to epsilon, delta), provided the cohort is
+drawn from a stream nobody else can predict (``sample_rng``: secret in deployment, seeded by
+the run seed in ``fedlab simulate``) and the run directory does not record participation.
+What it does not stop: the server itself, which sees every clipped update in clear (use
+secure aggregation and distributed DP against it), nor a server that skips the noise.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from fedlab.core.reports import TrainReport
 from fedlab.privacy.accountants import RepeatedEventEpsilon
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,
-    norm_indicator,
+    next_clip_state,
+    noisy_unclipped_fraction,
     split_noise_multiplier,
-    update_clip_norm,
 )
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.mechanisms import GaussianMechanism, clipped_sum
+from fedlab.privacy.secure_random import RandomStream
 
 LOG = logging.getLogger("fedlab.dp_fedavg")
 MECHANISM = "dp-fedavg"
@@ -120,12 +125,15 @@ def _accepted(
     return kept, len(reports) - len(kept)
 
 
-def _indicators(reports: Sequence[TrainReport], clip_norm: float) -> list[float]:
-    return [
-        norm_indicator(update_norm=r.pre_clip_norm, clip_norm=clip_norm)
-        for r in reports
-        if r.pre_clip_norm is not None
-    ]
+def _indicators(reports: Sequence[TrainReport], round_num: int) -> list[float]:
+    """The clients' clip indicators b_i; a malformed one is dropped (it would change the sensitivity)."""
+    kept = []
+    for r in reports:
+        if r.clip_indicator in (-0.5, 0.5):
+            kept.append(float(r.clip_indicator))
+        else:
+            LOG.warning("round %d: client %s sent no valid clip indicator", round_num, r.client_id)
+    return kept
 
 
 def _noisy_mean_delta(
@@ -133,12 +141,11 @@ def _noisy_mean_delta(
     settings: DpFedAvgSettings,
     clip_norm: float,
     shapes: list[tuple[int, ...]],
-    rng: np.random.Generator,
-) -> tuple[list[np.ndarray], float]:
+    rng: RandomStream,
+) -> list[np.ndarray]:
     mechanism = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=settings.update_noise_multiplier())
-    total, stats = clipped_sum([r.update for r in reports], mechanism, shapes=shapes)
-    noisy = mechanism.add_noise(total, denominator=settings.denominator, rng=rng)
-    return noisy, stats.fraction_clipped
+    total, _ = clipped_sum([r.update for r in reports], mechanism, shapes=shapes)
+    return mechanism.add_noise(total, denominator=settings.denominator, rng=rng)
 
 
 def run_dp_fedavg(
@@ -147,7 +154,8 @@ def run_dp_fedavg(
     recorder: RoundRecorder,
     initial_weights: Sequence[np.ndarray],
     settings: DpFedAvgSettings,
-    noise_rng: np.random.Generator,
+    noise_rng: RandomStream,
+    sample_rng: RandomStream,
 ) -> DpFedAvgOutcome:
     """Run user-level DP-FedAvg; stop early, cleanly, if the next round would exceed the budget.
 
@@ -159,13 +167,15 @@ def run_dp_fedavg(
         recorder: Commits spending, then releases each round's model.
         initial_weights: The starting global model.
         settings: The run's DP-FedAvg settings.
-        noise_rng: The generator all server noise comes from (deployment: seeded from
-            a cryptographically secure source).
+        noise_rng: The stream all server noise comes from (deployment: a secret
+            :class:`~fedlab.privacy.secure_random.SecureRandom`).
+        sample_rng: The stream each round's Poisson cohort is drawn from (deployment: secret,
+            so that who took part cannot be predicted from the config; amplification by
+            sampling assumes it).
 
     Returns:
         The final weights, rounds completed, epsilon spent and why the run stopped.
     """
-    sample_rng = np.random.default_rng([settings.seed, 1])
     weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
     shapes = [tuple(w.shape) for w in weights]
     epsilon = 0.0
@@ -192,17 +202,21 @@ def run_dp_fedavg(
         )
         replies = transport.train(plan, weights)
         kept, rejected = _accepted(replies.reports, clip, round_num)
-        delta_mean, fraction_clipped = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
+        delta_mean = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
         weights = [
             (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
         ]
         epsilon = next_epsilon
         round_clip = clip
+        private: dict[str, float] = {}
         if adaptive is not None:
-            adaptive = update_clip_norm(
-                adaptive, _indicators(kept, clip), expected_clients=settings.denominator, rng=noise_rng
-            )
+            unclipped = noisy_unclipped_fraction(
+                _indicators(kept, round_num), expected_clients=settings.denominator,
+                count_noise_std=adaptive.count_noise_std, rng=noise_rng,
+            )  # fmt: skip
+            adaptive = next_clip_state(adaptive, unclipped)
             clip = adaptive.clip_norm
+            private["fraction_clipped"] = min(1.0, max(0.0, 1.0 - unclipped))  # the noised estimate
         recorder.release_round(
             round_num,
             weights,
@@ -212,7 +226,7 @@ def run_dp_fedavg(
                 "failures": len(replies.failures),
                 "rejected": rejected,
                 "clip_norm": round_clip,
-                "fraction_clipped": fraction_clipped,
+                **private,
                 "noise_std": settings.update_noise_multiplier() * round_clip / settings.denominator,
                 **replies.extra,
             },

@@ -21,6 +21,7 @@ from fedlab.algorithms.sampling import sample_fraction, sample_poisson
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.privacy.ledger import FederationSpend
+from fedlab.privacy.secure_random import RandomStream
 
 
 def round_seed(seed: int, round_num: int) -> int:
@@ -92,7 +93,7 @@ class FedAvgSettings:
     seed: int
     sampling: str = "fraction"
 
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], rng: RandomStream) -> list[str]:
         """Draw one round's clients."""
         if self.sampling == "poisson":
             return sample_poisson(client_ids, rate=self.fraction_train, rng=rng)

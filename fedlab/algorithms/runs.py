@@ -22,7 +22,8 @@ from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError
 from fedlab.privacy.adaptive_clipping import AdaptiveClipState
 from fedlab.privacy.calibration import calibrate_noise_multiplier
-from fedlab.secagg.crypto import seeded_source
+from fedlab.privacy.secure_random import RandomStream, SecureRandom
+from fedlab.secagg.crypto import RandomSource, seeded_source
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,6 @@ class RunOutcome:
 
     weights: list[np.ndarray]
     stopped_because: str
-
-
-def sampling_of(config: RunConfig) -> str:
-    """``poisson`` or ``fraction``: the config's choice with ``auto`` resolved."""
-    if config.server.sampling != "auto":
-        return config.server.sampling
-    return "poisson" if config.dp.mode in ("central", "distributed") else "fraction"
 
 
 def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings:
@@ -94,20 +88,11 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
     """Secure-aggregation settings from a config; distributed DP is calibrated for the planned rounds.
 
     Raises:
-        ConfigError: If the encoding cannot hold the cohort's sum, the distributed-DP target is
-            unreachable, DP-FedAvg's central noise is combined with secure aggregation, or
-            distributed DP would be accounted as Poisson sampling while sampling fixed fractions.
+        ConfigError: If the encoding cannot hold the cohort's sum or the distributed-DP target is
+            unreachable. (Combinations the accountant cannot cover are refused by the config itself.)
     """
     dp, sa, rate = config.dp, config.secagg, config.server.fraction_train
-    sampling = sampling_of(config)
-    if dp.mode == "central":
-        raise ConfigError(
-            "dp.mode: 'central' adds noise on the server; with secagg.enabled use 'distributed'"
-        )
-    if dp.mode == "distributed" and sampling == "fraction" and rate < 1.0:
-        raise ConfigError(
-            "server.sampling: distributed DP is accounted with Poisson sampling; use 'poisson' or 'auto'"
-        )
+    sampling = config.client_sampling
     if sa.neighbours and sa.threshold and sa.threshold > sa.neighbours:
         raise ConfigError(
             f"secagg.threshold: must be <= secagg.neighbours; got {sa.threshold} > {sa.neighbours}"
@@ -129,11 +114,40 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
     )  # fmt: skip
 
 
-def noise_generator(config: RunConfig, *, secure: bool) -> np.random.Generator:
-    """The server's noise generator: seeded for reproducible simulation, else from os.urandom."""
+@dataclass(frozen=True)
+class ServerRandomness:
+    """Where the server's privacy-relevant draws come from.
+
+    Attributes:
+        sampling: Draws each round's clients (user-level DP amplifies by this sampling only if
+            nobody outside the server can predict it).
+        noise: Draws the server's DP noise.
+        source: Bytes for SecAgg+ graph seeds and the distributed-DP noise top-up.
+    """
+
+    sampling: RandomStream
+    noise: RandomStream
+    source: RandomSource
+
+
+def server_randomness(config: RunConfig, *, secure: bool) -> ServerRandomness:
+    """Secret streams keyed from ``os.urandom`` (deployment), or streams seeded by the run seed.
+
+    The seeded streams (``fedlab simulate``) make a run reproducible, and let anyone holding its
+    ``config.json`` replay the server's sampling and noise: simulation only.
+
+    >>> r = server_randomness(RunConfig(), secure=False)
+    >>> float(r.noise.random()) == float(server_randomness(RunConfig(), secure=False).noise.random())
+    True
+    """
     if secure:
-        return np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(32), "little")))
-    return np.random.default_rng([config.run.seed, 2])
+        return ServerRandomness(sampling=SecureRandom(), noise=SecureRandom(), source=os.urandom)
+    seed = config.run.seed
+    return ServerRandomness(
+        sampling=np.random.default_rng([seed, 1]),
+        noise=np.random.default_rng([seed, 2]),
+        source=seeded_source(f"fedlab/server/{seed}".encode()),
+    )
 
 
 def run_configured(
@@ -157,13 +171,14 @@ def run_configured(
         recorder: Commits spending, then releases each round's model.
         initial_weights: The starting global model.
         num_clients: The population size N (the DP-FedAvg denominator is q*N).
-        secure_noise: Draw server noise from a secret seed (deployment) instead of the
-            run seed (reproducible simulation); with secure aggregation, also the public graph
-            seeds (``os.urandom`` instead of a source seeded by the run seed).
+        secure_noise: Draw the server's client sampling, DP noise, SecAgg+ graph seeds and
+            noise top-up from secret streams keyed by ``os.urandom`` (deployment) instead of
+            streams seeded by the run seed (reproducible simulation); see :func:`server_randomness`.
 
     Raises:
         ConfigError: If secure aggregation is enabled but the transport cannot run its stages.
     """
+    randomness = server_randomness(config, secure=secure_noise)
     if config.secagg.enabled:
         if not isinstance(transport, SecureTransport):
             raise ConfigError("secagg.enabled: this backend's transport cannot run secure-aggregation stages")
@@ -173,7 +188,8 @@ def run_configured(
             recorder=recorder,
             initial_weights=initial_weights,
             settings=secure_settings(config, num_clients=num_clients, dim=dim),
-            source=os.urandom if secure_noise else seeded_source(f"fedlab/server/{config.run.seed}".encode()),
+            source=randomness.source,
+            sample_rng=randomness.sampling,
         )
         return RunOutcome(secure.weights, secure.stopped_because)
     if not hasattr(transport, "train"):
@@ -185,7 +201,8 @@ def run_configured(
             recorder=recorder,
             initial_weights=initial_weights,
             settings=central_settings(config, num_clients=num_clients),
-            noise_rng=noise_generator(config, secure=secure_noise),
+            noise_rng=randomness.noise,
+            sample_rng=randomness.sampling,
         )
         return RunOutcome(outcome.weights, outcome.stopped_because)
     weights = run_fedavg(
@@ -196,7 +213,7 @@ def run_configured(
             rounds=config.run.rounds,
             fraction_train=config.server.fraction_train,
             seed=config.run.seed,
-            sampling=sampling_of(config),
+            sampling=config.client_sampling,
         ),
     )
     return RunOutcome(weights, "completed all rounds")

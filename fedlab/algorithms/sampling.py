@@ -7,9 +7,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from fedlab.core.clients import client_sort_key
+from fedlab.privacy.secure_random import RandomStream
 
 
-def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: np.random.Generator) -> list[str]:
+def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: RandomStream) -> list[str]:
     """Sample ``max(1, round(fraction * n))`` distinct clients uniformly without replacement.
 
     The ids are put in a canonical order first, so the same generator state picks the
@@ -18,7 +19,8 @@ def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: np.rando
     Args:
         client_ids: The available clients' stable ids.
         fraction: Fraction of clients to take, in (0, 1].
-        rng: The generator every draw comes from.
+        rng: The generator every draw comes from (a numpy generator draws with ``choice``; a secure
+            stream ranks the clients by uniform keys).
 
     Returns:
         The sampled ids in canonical order.
@@ -32,11 +34,14 @@ def sample_fraction(client_ids: Iterable[str], *, fraction: float, rng: np.rando
     if not pool:
         return []
     count = max(1, round(fraction * len(pool)))
-    chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
+    if isinstance(rng, np.random.Generator):
+        chosen = np.sort(rng.choice(len(pool), size=count, replace=False))
+    else:
+        chosen = np.sort(np.argsort(rng.random(len(pool)), kind="stable")[:count])
     return [pool[i] for i in chosen]
 
 
-def sample_poisson(client_ids: Iterable[str], *, rate: float, rng: np.random.Generator) -> list[str]:
+def sample_poisson(client_ids: Iterable[str], *, rate: float, rng: RandomStream) -> list[str]:
     """Take each client independently with probability ``rate`` (the sampling DP amplification assumes).
 
     The cohort size is random and may be zero; one uniform draw per client in canonical

@@ -64,6 +64,7 @@ from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update, example_weight
 from fedlab.privacy.ledger import FederationSpend
+from fedlab.privacy.secure_random import RandomStream
 from fedlab.privacy.skellam import (
     SkellamAccountant,
     SkellamEvent,
@@ -71,12 +72,18 @@ from fedlab.privacy.skellam import (
     calibrate_skellam_noise_multiplier,
     noise_is_sufficient,
 )
-from fedlab.privacy.skellam import decode_sum as skellam_decode_sum
+from fedlab.privacy.skellam_release import (
+    RELEASED_VIEW,
+    SERVER_VIEW,
+    released_sum,
+    released_view_event,
+    server_view_event,
+)
 from fedlab.secagg import protocol
 from fedlab.secagg.crypto import RandomSource
 from fedlab.secagg.encoding import FixedPointCodec, decode_counted_sum
 from fedlab.secagg.errors import EncodingError, SecAggError, Stage
-from fedlab.secagg.graph import suggest_neighbours, suggest_threshold
+from fedlab.secagg.graph import degree_and_threshold
 from fedlab.secagg.messages import (
     EncryptedShares,
     KeyAdvert,
@@ -90,7 +97,6 @@ from fedlab.secagg.messages import (
 )
 
 LOG = logging.getLogger("fedlab.secure_fedavg")
-MECHANISM = "skellam-ddp"
 
 # ---- the stage transport protocol --------------------------------------------------------------
 
@@ -231,16 +237,24 @@ class SecureFedAvgSettings:
             return max(2, self.ddp.min_survivors)
         return max(2, math.ceil(self.min_survivors * sampled - 1e-9))
 
-    def sample(self, client_ids: Sequence[str], rng: np.random.Generator) -> list[str]:
+    def sample(self, client_ids: Sequence[str], rng: RandomStream) -> list[str]:
         """Draw one round's clients."""
         if self.sampling == "poisson":
             return sample_poisson(client_ids, rate=self.fraction_train, rng=rng)
         return sample_fraction(client_ids, fraction=self.fraction_train, rng=rng)
 
-    def round_event(self) -> SkellamEvent:
-        """One released distributed-DP round, as the accountant sees it (worst case: min survivors)."""
+    def round_events(self) -> dict[str, SkellamEvent]:
+        """One released distributed-DP round as each adversary sees it, by ledger mechanism.
+
+        The server: zero-out, ``min_survivors`` shares, no amplification; readers of the released
+        models: add/remove, the topped-up ``num_clients`` shares, Poisson rate q (see
+        :mod:`fedlab.privacy.skellam_release`).
+        """
         assert self.ddp is not None
-        return SkellamEvent(params=self.ddp, sample_rate=self.fraction_train, steps=1)
+        return {
+            SERVER_VIEW: server_view_event(self.ddp),
+            RELEASED_VIEW: released_view_event(self.ddp, sample_rate=self.fraction_train),
+        }
 
 
 def cohort_cap(expected: float, population: int, sample_rate: float) -> int:
@@ -268,6 +282,10 @@ def ddp_params(
 ) -> SkellamParams:
     """Distributed-DP parameters; a target epsilon is calibrated for ``min_survivors`` x q*N survivors.
 
+    The target holds against the server (zero-out adjacency, no amplification by sampling: it
+    knows who took part), which also bounds the released-model epsilon (see
+    :mod:`fedlab.privacy.skellam_release`).
+
     Raises:
         ConfigError: If the configuration is infeasible (too few bits) or the target unreachable.
 
@@ -279,7 +297,7 @@ def ddp_params(
         if noise_multiplier is None:
             assert target_epsilon is not None
             noise_multiplier = calibrate_skellam_noise_multiplier(
-                target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=rounds,
+                target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, steps=rounds,
                 clip=clip, num_clients=cap, min_survivors=survivors, bits=bits, dim=dim,
             )  # fmt: skip
         return SkellamParams(
@@ -392,7 +410,10 @@ def secure_round(
         return SecureRoundOutcome(None, (), extra)
     extra.update(included=len(included), failures=len(failures))
     if settings.ddp is not None:
-        total = skellam_decode_sum(summed.total.astype(np.int64), settings.ddp, seed=seed)
+        top_up_rng = np.random.Generator(np.random.PCG64(int.from_bytes(source(32), "little")))
+        total = released_sum(
+            summed.total.astype(np.int64), settings.ddp, num_included=len(included), seed=seed, rng=top_up_rng
+        )
         mean = total / settings.expected_cohort
         extra["denominator"] = settings.expected_cohort
     else:
@@ -432,9 +453,12 @@ def _drive(
         length, modulus = dim + 1, encoding.modulus  # the delta, then the clipped-count slot
     index = {cid: i for i, cid in enumerate(sampled)}
     client_of = {i: cid for cid, i in index.items()}
-    k = settings.neighbours or suggest_neighbours(len(sampled))
-    k = min(k, len(sampled) - 1)
-    t = min(settings.threshold or suggest_threshold(k), k)
+    try:
+        k, t = degree_and_threshold(
+            len(sampled), neighbours=settings.neighbours or None, threshold=settings.threshold or None
+        )
+    except ValueError as exc:
+        raise RoundAbortedError("SAMPLING", str(exc)) from None
     if t < 2:
         raise RoundAbortedError("SAMPLING", f"{len(sampled)} clients give threshold {t}, at least 2 needed")
     params = SecAggParams(round_num, length, modulus, k, t, source(32), need)
@@ -516,45 +540,46 @@ def run_secure_fedavg(
     initial_weights: Sequence[np.ndarray],
     settings: SecureFedAvgSettings,
     source: RandomSource,
+    sample_rng: RandomStream,
 ) -> SecureFedAvgOutcome:
     """Run federated averaging under SecAgg+ (and distributed DP if ``settings.ddp``).
 
-    Epsilon (distributed DP) is computed once per round on the server by a
-    :class:`SkellamAccountant` and committed to the ledger through the recorder before the
-    round's model is released; an aborted round commits nothing and releases the unchanged model.
+    Epsilon (distributed DP) is computed once per round on the server, for each adversary of
+    :meth:`SecureFedAvgSettings.round_events`, and committed to the ledger through the recorder
+    before the round's model is released; an aborted round commits nothing and releases the
+    unchanged model. The run's epsilon, and the budget guard, are the server view's.
 
     Args:
         transport: Carries the stages (see :class:`SecureTransport`).
         recorder: Commits spending, then releases each round's model.
         initial_weights: The starting global model.
         settings: The run's settings.
-        source: Server randomness (graph seeds): ``os.urandom`` in deployment, seeded in simulation.
+        source: Server randomness (graph seeds, the noise top-up): ``os.urandom`` in deployment,
+            seeded in simulation.
+        sample_rng: Draws each round's cohort: a secret stream in deployment, so that nobody who
+            knows the config can tell who took part; seeded in simulation.
 
     Returns:
         The final weights, rounds completed and aborted, epsilon spent and why the run stopped.
 
     """
-    rng = np.random.default_rng([settings.seed, 1])
     weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
-    accountant = SkellamAccountant() if settings.ddp is not None else None
-    epsilon: float | None = 0.0 if accountant is not None else None
+    accountants = (
+        {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
+    )
+    epsilon: float | None = 0.0 if accountants else None
     aborted = 0
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
-        next_epsilon = None
-        if accountant is not None:
-            trial = SkellamAccountant()
-            for event in (*accountant.events(), settings.round_event()):
-                trial.compose(event)
-            next_epsilon = trial.epsilon(delta=settings.delta)
-            if settings.max_epsilon is not None and next_epsilon > settings.max_epsilon:
-                reason = (
-                    f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
-                    f"> max_epsilon {settings.max_epsilon:g}"
-                )
-                return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
+        planned = _planned_epsilons(accountants, settings)
+        if planned and settings.max_epsilon is not None and planned[SERVER_VIEW] > settings.max_epsilon:
+            reason = (
+                f"privacy budget: round {round_num} would raise epsilon to {planned[SERVER_VIEW]:.4g} "
+                f"> max_epsilon {settings.max_epsilon:g}"
+            )
+            return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
         started = time.perf_counter()
-        sampled = settings.sample(transport.available_clients(), rng)
+        sampled = settings.sample(transport.available_clients(), sample_rng)
         outcome = secure_round(
             transport, settings, round_num=round_num, sampled=sampled, weights=weights, source=source
         )
@@ -566,18 +591,9 @@ def run_secure_fedavg(
                 (w.astype(np.float64) + d).astype(np.float32)
                 for w, d in zip(weights, outcome.mean_delta, strict=True)
             ]
-            if accountant is not None and settings.ddp is not None and next_epsilon is not None:
-                accountant.compose(settings.round_event())
-                epsilon = next_epsilon
-                federation.append(
-                    FederationSpend(
-                        mechanism=MECHANISM,
-                        noise_multiplier=settings.ddp.noise_multiplier,
-                        sample_rate=settings.fraction_train,
-                        steps=1,
-                        epsilon=epsilon,
-                    )
-                )
+            federation = _compose_round(accountants, settings, planned)
+            if planned:
+                epsilon = planned[SERVER_VIEW]
         recorder.release_round(
             round_num,
             weights,
@@ -587,3 +603,39 @@ def run_secure_fedavg(
             federation=federation,
         )
     return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
+
+
+def _planned_epsilons(
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings
+) -> dict[str, float]:
+    """Each view's epsilon if the next round is released (empty without distributed DP)."""
+    planned: dict[str, float] = {}
+    if settings.ddp is None:
+        return planned
+    for name, event in settings.round_events().items():
+        trial = SkellamAccountant()
+        for earlier in (*accountants[name].events(), event):
+            trial.compose(earlier)
+        planned[name] = trial.epsilon(delta=settings.delta)
+    return planned
+
+
+def _compose_round(
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings, planned: Mapping[str, float]
+) -> list[FederationSpend]:
+    """Compose a released round into each view's accountant; the ledger's federation spends."""
+    if settings.ddp is None:
+        return []
+    spends = []
+    for name, event in settings.round_events().items():
+        accountants[name].compose(event)
+        spends.append(
+            FederationSpend(
+                mechanism=name,
+                noise_multiplier=settings.ddp.noise_multiplier,
+                sample_rate=event.sample_rate,
+                steps=1,
+                epsilon=planned[name],
+            )
+        )
+    return spends

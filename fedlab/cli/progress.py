@@ -47,7 +47,8 @@ class RichRoundProgress:
 
     def on_round(self, metrics: RoundMetrics) -> None:
         """Advance the bar and show the round's accuracy and epsilon."""
-        rate = metrics.clients / metrics.seconds if metrics.seconds > 0 else 0.0
+        clients = metrics.clients or 0
+        rate = clients / metrics.seconds if metrics.seconds > 0 else 0.0
         status = (
             f"acc {metrics.accuracy:.3f}  loss {metrics.loss:.3f}  "
             f"eps max {_eps(metrics.epsilon_max)}  clients {metrics.clients}  {rate:.1f} clients/s"

@@ -23,7 +23,7 @@ class RoundMetrics:
         epsilon_max: Largest cumulative client epsilon so far (inf without DP,
             written as null).
         epsilon_mean: Mean cumulative client epsilon over clients that trained so far.
-        clients: Number of client updates aggregated this round.
+        clients: Number of client updates aggregated this round (None: withheld).
         seconds: Wall-clock seconds the round took.
         extra: Further named values (e.g. failures, noise multiplier).
 
@@ -35,7 +35,7 @@ class RoundMetrics:
     train_loss: float
     epsilon_max: float
     epsilon_mean: float
-    clients: int
+    clients: int | None
     seconds: float
     extra: Mapping[str, float | int | str] = field(default_factory=dict)
 

@@ -15,13 +15,14 @@ class TrainReport:
     Attributes:
         client_id: The client's stable identity (partition id in simulation).
         update: The client's delta and its weight.
-        train_loss: Mean local training loss (not privatized).
+        train_loss: Mean local training loss, computed without noise: NaN (not sent) under DP.
         epsilon: The client's cumulative epsilon at the run's delta (inf if not private).
         noise_multiplier: DP-SGD noise multiplier used (0 without DP).
         sample_rate: Poisson sampling rate of its DP-SGD steps (1 without DP).
         steps: Optimizer steps taken this round.
-        pre_clip_norm: Under central DP, the delta's L2 norm before the client clipped
-            it (for adaptive clipping's private count); None otherwise.
+        clip_indicator: Under central DP with adaptive clipping, b_i = +0.5 if the delta's norm
+            was within the round's clip norm before the client clipped it, else -0.5 (the
+            server noises the sum of these); None otherwise.
     """
 
     client_id: str
@@ -31,7 +32,7 @@ class TrainReport:
     noise_multiplier: float
     sample_rate: float
     steps: int
-    pre_clip_norm: float | None = None
+    clip_indicator: float | None = None
 
 
 @dataclass(frozen=True)

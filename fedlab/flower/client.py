@@ -5,9 +5,10 @@ client in a process and reused every round. Flower's Ray engine unpickles the
 ClientApp afresh for every message, so a :class:`FedlabClient` unpickles into the one
 instance its process already holds for the same app (``_PROCESS_CLIENTS``). That memo
 is fedlab's only process-level state, and results never depend on it: a rebuilt
-trainer reseeds from the round seed and gives the same update. The client's privacy accountant
-history lives in ``context.state`` (its own budget, accumulated over every round it
-took part in) and its cumulative epsilon goes back to the server with its update.
+trainer restarts its randomness every round (from the round seed under ``fedlab simulate``,
+from a fresh client secret otherwise). The client's privacy accountant history lives in
+``context.state`` (its own budget, accumulated over every round it took part in) and its
+cumulative epsilon goes back to the server with its update.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fedlab.flower.secure_transport import SECAGG, weights_of
 from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
+from fedlab.training.randomness import fresh_secret
 from fedlab.training.secure_client import SecureClient, StageAnswer
 
 PRIVACY_STATE = "fedlab-privacy"
@@ -168,19 +170,35 @@ class FedlabClient:
 
     The client's accountant history is read from and written back to its Flower
     ``context.state``, so its budget accumulates over every round it took part in.
+
+    Args:
+        source: Where each client's config and data come from.
+        max_trainers: Trainers kept per process.
+        token: Identifies the app instance across Ray's unpickling (see the module docstring).
+        seeded: ``fedlab simulate`` only: DP-SGD batches and noise, SecAgg+ keys and masks seeded
+            from the run seed, the round seed and the client id (reproducible, and known to the
+            server). By default (``flwr run``, devices) every client draws a fresh secret per
+            round and ``os.urandom``: the server cannot replay its training.
     """
 
-    def __init__(self, source: ClientDataSource, *, max_trainers: int = 64, token: str | None = None) -> None:
+    def __init__(
+        self,
+        source: ClientDataSource,
+        *,
+        max_trainers: int = 64,
+        token: str | None = None,
+        seeded: bool = False,
+    ) -> None:
         self._source = source
         self._max_trainers = max_trainers
         self._token = token or uuid.uuid4().hex
+        self._seeded = seeded
         self.runtime = ClientRuntime(max_trainers=max_trainers)
-        # Partition sources are simulations: seeded SecAgg randomness (reproducible); else os.urandom.
-        self.secure = SecureClient(self.runtime, seeded=isinstance(source, PartitionDataSource))
+        self.secure = SecureClient(self.runtime, seeded=seeded)
 
-    def __reduce__(self) -> tuple[object, tuple[str, ClientDataSource, int]]:
+    def __reduce__(self) -> tuple[object, tuple[str, ClientDataSource, int, bool]]:
         """Unpickle into this process's instance for the same app (see module docstring)."""
-        return (_client_in_process, (self._token, self._source, self._max_trainers))
+        return (_client_in_process, (self._token, self._source, self._max_trainers, self._seeded))
 
     def train(self, msg: Message, context: Context) -> Message:
         """Train on local data from the received global model; reply with the delta."""
@@ -197,6 +215,7 @@ class FedlabClient:
             history=load_history(context.state),
             round_seed=seed,
             clip_norm=float(clip) if isinstance(clip, (int, float)) else None,
+            secret=None if self._seeded else fresh_secret(),
         )
         store_history(context.state, history)
         return Message(train_reply_content(report), reply_to=msg)
@@ -253,11 +272,11 @@ def evaluate_reply(
 _PROCESS_CLIENTS: dict[str, FedlabClient] = {}
 
 
-def _client_in_process(token: str, source: ClientDataSource, max_trainers: int) -> FedlabClient:
+def _client_in_process(token: str, source: ClientDataSource, max_trainers: int, seeded: bool) -> FedlabClient:
     """Return this process's FedlabClient for ``token``, creating it on first use."""
     client = _PROCESS_CLIENTS.get(token)
     if client is None:
-        client = FedlabClient(source, max_trainers=max_trainers, token=token)
+        client = FedlabClient(source, max_trainers=max_trainers, token=token, seeded=seeded)
         _PROCESS_CLIENTS[token] = client
     return client
 
@@ -292,6 +311,10 @@ def client_app_of(handlers: MessageHandlers) -> ClientApp:
     return app
 
 
-def make_client_app(source: ClientDataSource) -> ClientApp:
-    """Build the ClientApp serving train, evaluate and SecAgg+ stage messages from ``source``."""
-    return client_app_of(FedlabClient(source))
+def make_client_app(source: ClientDataSource, *, seeded: bool = False) -> ClientApp:
+    """Build the ClientApp serving train, evaluate and SecAgg+ stage messages from ``source``.
+
+    ``seeded`` (``fedlab simulate`` only) makes every client's randomness reproducible from the
+    run seed; see :class:`FedlabClient`.
+    """
+    return client_app_of(FedlabClient(source, seeded=seeded))

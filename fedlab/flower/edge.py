@@ -57,6 +57,7 @@ from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history
 from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime, dp_spec, optim_spec
 from fedlab.training.local import poisson_plan
+from fedlab.training.randomness import fresh_secret
 from fedlab.training.secure_client import SecureClient, parse_call
 
 LOG = logging.getLogger("fedlab.client")
@@ -328,7 +329,9 @@ class EdgeClient:
             if reason is not None:
                 return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
             weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
-            report, after = self.runtime.train(config, data, weights, history=history, round_seed=seed)
+            report, after = self.runtime.train(
+                config, data, weights, history=history, round_seed=seed, secret=fresh_secret()
+            )
             spent = sum(s.steps for s in after) - sum(s.steps for s in history)
             if spent > 0:
                 budget.commit_spend(

@@ -28,7 +28,7 @@ def train_reply_content(report: TrainReport) -> RecordDict:
             "noise-multiplier": report.noise_multiplier,
             "sample-rate": report.sample_rate,
             "steps": report.steps,
-            **({} if report.pre_clip_norm is None else {"pre-clip-norm": report.pre_clip_norm}),
+            **({} if report.clip_indicator is None else {"clip-indicator": report.clip_indicator}),
         }
     )
     return RecordDict(
@@ -52,8 +52,8 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
     metrics = content.metric_records[METRICS]
     arrays = tuple(content.array_records[ARRAYS].to_numpy_ndarrays())
     num_examples = int(_metric(metrics, "num-examples"))
-    if num_examples < 1:
-        raise ValueError("num-examples must be >= 1")
+    if num_examples < 0:
+        raise ValueError("num-examples must be >= 0")
     epsilon = _metric(metrics, "epsilon")
     return TrainReport(
         client_id=client_id_from_content(content),
@@ -63,7 +63,7 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
         noise_multiplier=_metric(metrics, "noise-multiplier"),
         sample_rate=_metric(metrics, "sample-rate"),
         steps=int(_metric(metrics, "steps")),
-        pre_clip_norm=_metric(metrics, "pre-clip-norm") if "pre-clip-norm" in metrics else None,
+        clip_indicator=_metric(metrics, "clip-indicator") if "clip-indicator" in metrics else None,
     )
 
 

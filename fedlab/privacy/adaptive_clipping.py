@@ -33,6 +33,7 @@ import numpy as np
 
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.mechanisms import GaussianMechanism
+from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +88,7 @@ def norm_indicator(*, update_norm: float, clip_norm: float) -> float:
 
 
 def noisy_unclipped_fraction(
-    indicators: Sequence[float], *, expected_clients: float, count_noise_std: float, rng: np.random.Generator
+    indicators: Sequence[float], *, expected_clients: float, count_noise_std: float, rng: RandomStream
 ) -> float:
     """Returns b = (sum b_i + N(0, sigma_b^2)) / m + 1/2, the private fraction of unclipped updates.
 
@@ -108,8 +109,8 @@ def noisy_unclipped_fraction(
         raise ValueError("indicators must each be -0.5 or +0.5 (sensitivity 1/2)")
     if not (math.isfinite(expected_clients) and expected_clients > 0.0):
         raise ValueError(f"expected_clients must be finite and > 0; got {expected_clients!r}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
+    if not isinstance(rng, np.random.Generator | SecureRandom):
+        raise TypeError(f"rng must be a numpy Generator or a SecureRandom; got {type(rng).__name__}")
     noise = float(rng.normal(0.0, count_noise_std)) if count_noise_std > 0.0 else 0.0
     return (float(sum(indicators)) + noise) / expected_clients + 0.5
 
@@ -119,7 +120,7 @@ def update_clip_norm(
     indicators: Sequence[float],
     *,
     expected_clients: float,
-    rng: np.random.Generator,
+    rng: RandomStream,
 ) -> AdaptiveClipState:
     """Returns the state with C <- C * exp(-eta * (b - gamma)) for the private estimate b.
 
@@ -144,7 +145,23 @@ def update_clip_norm(
     b = noisy_unclipped_fraction(
         indicators, expected_clients=expected_clients, count_noise_std=state.count_noise_std, rng=rng
     )
-    factor = math.exp(-state.learning_rate * (b - state.target_quantile))
+    return next_clip_state(state, b)
+
+
+def next_clip_state(state: AdaptiveClipState, unclipped_fraction: float) -> AdaptiveClipState:
+    """Returns the state with C <- C * exp(-eta * (b - gamma)) for a private estimate b.
+
+    Args:
+        state: This round's state.
+        unclipped_fraction: b, from :func:`noisy_unclipped_fraction`.
+
+    Example:
+        >>> state = AdaptiveClipState(
+        ...     clip_norm=1.0, target_quantile=0.5, learning_rate=0.2, count_noise_std=0.0)
+        >>> next_clip_state(state, 0.5).clip_norm  # at the target quantile the bound stays
+        1.0
+    """
+    factor = math.exp(-state.learning_rate * (unclipped_fraction - state.target_quantile))
     return replace(state, clip_norm=state.clip_norm * factor)
 
 

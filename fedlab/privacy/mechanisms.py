@@ -42,6 +42,7 @@ import numpy as np
 
 from fedlab.core.update import Update
 from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class GaussianMechanism:
             )
 
     def add_noise(
-        self, total: Sequence[np.ndarray], *, denominator: float, rng: np.random.Generator
+        self, total: Sequence[np.ndarray], *, denominator: float, rng: RandomStream
     ) -> list[np.ndarray]:
         """Adds N(0, (z*C)^2) per coordinate once to the sum, then divides by ``denominator``.
 
@@ -187,7 +188,7 @@ class GaussianMechanism:
 
         Raises:
             ValueError: If ``denominator`` is not finite and > 0.
-            TypeError: If ``rng`` is not a ``numpy.random.Generator``.
+            TypeError: If ``rng`` is neither a ``numpy.random.Generator`` nor a ``SecureRandom``.
 
         Example:
             >>> mech = GaussianMechanism(clip_norm=1.0, noise_multiplier=0.0)
@@ -197,8 +198,10 @@ class GaussianMechanism:
 
         """
         _check_denominator(denominator)
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
+        if not isinstance(rng, np.random.Generator | SecureRandom):
+            raise TypeError(
+                f"rng must be a numpy.random.Generator or a SecureRandom; got {type(rng).__name__}"
+            )
         std = self.noise_multiplier * self.clip_norm
         noised = []
         for array in total:

@@ -60,7 +60,7 @@ def simulate_with_flower(config: RunConfig, run_dir: Path, observer: RoundObserv
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=make_server_app(settings_for),
-        client_app=make_client_app(PartitionDataSource(config)),
+        client_app=make_client_app(PartitionDataSource(config), seeded=True),  # simulation: reproducible
         num_supernodes=config.data.num_clients,
         backend_config=backend_config,
     )

@@ -36,7 +36,7 @@ import torch
 from numpy.typing import NDArray
 
 from fedlab.algorithms.federation import FedAvgSettings, RoundPlan
-from fedlab.algorithms.runs import run_configured, sampling_of
+from fedlab.algorithms.runs import run_configured
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
 from fedlab.core.reports import RoundReplies
@@ -282,7 +282,7 @@ def _run_rounds(
             rounds=config.run.rounds,
             fraction_train=config.server.fraction_train,
             seed=config.run.seed,
-            sampling=sampling_of(config),
+            sampling=config.client_sampling,
         ),
     )
     return "completed all rounds"

@@ -23,15 +23,13 @@ import numpy as np
 import torch
 from opacus.accountants import create_accountant
 from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.data.types import ArrayDataset
-from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.accounting import PrivacyStep, epsilon_from_history, history_from_opacus
-from fedlab.training.client_runtime import CalibrationKey, client_seed, dp_spec, optim_spec
+from fedlab.training.client_runtime import CalibrationKey, client_report, client_seed, dp_spec, optim_spec
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
     DpSgdSpec,
@@ -40,11 +38,13 @@ from fedlab.training.local import (
     _data_tensors,
     _DpParts,
     _poisson_sample_rate,
-    _round_seeds,
     _wrap_for_per_sample_gradients,
+    epoch_batches,
+    start_streams,
     train_step,
 )
 from fedlab.training.models import build_model, set_weights, unwrap
+from fedlab.training.randomness import RoundStreams
 
 _EPSILON_MEMO_SIZE = 4096
 
@@ -87,10 +87,10 @@ class SwapTrainer:
             hidden=config.model.hidden,
             seed=config.run.seed,
         ).to(self._device)
-        self._sampling_generator = torch.Generator()  # Opacus' sampler draws on the CPU
+        self._streams = RoundStreams(self._device)
         self._dp = self._dp_parts() if self._private else None
         self._model = _wrap_for_per_sample_gradients(model) if self._private else model
-        self._optimizer = _build_optimizer(self._model, self._optim, self._dp)
+        self._optimizer = _build_optimizer(self._model, self._optim, self._dp, self._streams)
         self._tensors = list(unwrap(self._model).state_dict().values())  # stable: updated in place
         self._calibrated: dict[CalibrationKey, float] = {}
         self._epsilons: dict[tuple[PrivacyStep, ...], float] = {}
@@ -107,7 +107,6 @@ class SwapTrainer:
         return _DpParts(
             spec=placeholder,
             sample_rate=1.0,
-            noise_generator=torch.Generator(device=self._device),
             accountant=create_accountant(mechanism=placeholder.accountant),
         )
 
@@ -137,7 +136,8 @@ class SwapTrainer:
         batch = _Batch(*_data_tensors(data.x, data.y, self._device))
         spec = dp_spec(self._config, len(batch.y), self._calibrated) if self._private else None
         result = self._train_round(batch, spec, weights, tuple(history), client_seed(round_seed, client_id))
-        return ClientOutcome(report=self._report(client_id, result, clip_norm), history=result.history)
+        report = client_report(self._config, client_id, result, clip_norm=clip_norm)
+        return ClientOutcome(report=report, history=result.history)
 
     def _train_round(
         self,
@@ -148,7 +148,8 @@ class SwapTrainer:
         seed: int,
     ) -> TrainResult:
         received = self._load(weights)
-        rate = self._start_client(batch, spec, prior, seed)
+        start_streams(self._streams, seed=self._seed, round_seed=seed, secret=None)
+        rate = self._start_client(batch, spec, prior)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             loss_sum, seen, steps = self._run_epochs(batch, rate)
@@ -181,17 +182,14 @@ class SwapTrainer:
         return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in self._tensors]
 
     def _start_client(
-        self, batch: _Batch, spec: DpSgdSpec | None, prior: tuple[PrivacyStep, ...], seed: int
+        self, batch: _Batch, spec: DpSgdSpec | None, prior: tuple[PrivacyStep, ...]
     ) -> float | None:
-        """Reset optimizer state, seed the generators, set the client's DP parameters."""
+        """Reset optimizer state, set the client's DP parameters."""
         self._optimizer.zero_grad(set_to_none=True)
         self._optimizer.state.clear()
-        sampling_seed, noise_seed = _round_seeds(self._seed, seed)
-        self._sampling_generator.manual_seed(sampling_seed)
         rate = None
         if spec is not None and self._dp is not None:
             rate = _poisson_sample_rate(len(batch.y), self._optim.batch_size)
-            self._dp.noise_generator.manual_seed(noise_seed)
             self._dp.accountant.history = [step.as_opacus() for step in prior]
             private = cast(DPOptimizer, self._optimizer)
             private.noise_multiplier = spec.noise_multiplier
@@ -209,15 +207,7 @@ class SwapTrainer:
         return loss_sum, seen, steps
 
     def _epoch_batches(self, n: int, rate: float | None) -> Iterable[torch.Tensor]:
-        if rate is None:
-            return torch.split(torch.randperm(n, generator=self._sampling_generator), self._optim.batch_size)
-        sampler = UniformWithReplacementSampler(
-            num_samples=n,
-            sample_rate=rate,
-            generator=self._sampling_generator,
-            steps=n // self._optim.batch_size,
-        )
-        return (torch.tensor(chosen, dtype=torch.long) for chosen in sampler)
+        return epoch_batches(self._streams, n, self._optim.batch_size, rate)
 
     def _train_step(self, batch: _Batch, indices: torch.Tensor) -> float:
         return train_step(self._model, self._optimizer, batch.x, batch.y, indices)
@@ -241,24 +231,6 @@ class SwapTrainer:
             cached = epsilon_from_history(history, delta=spec.delta, accountant=spec.accountant)
             self._epsilons[history] = cached
         return cached
-
-    def _report(self, client_id: str, result: TrainResult, clip_norm: float | None) -> TrainReport:
-        """The report ClientRuntime.train would send for ``result``."""
-        update, pre_clip_norm = result.update, None
-        if self._config.dp.mode == "central":
-            bound = self._config.dp.clip_norm if clip_norm is None else clip_norm
-            clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
-            update, pre_clip_norm = clipped.update, clipped.norm
-        return TrainReport(
-            client_id=client_id,
-            update=update,
-            pre_clip_norm=pre_clip_norm,
-            train_loss=result.loss,
-            epsilon=result.epsilon if result.private else math.inf,
-            noise_multiplier=result.noise_multiplier if result.private else 0.0,
-            sample_rate=result.sample_rate if result.private else 1.0,
-            steps=result.steps,
-        )
 
 
 def _delta_update(local: list[np.ndarray], received: list[np.ndarray], n: int) -> Update:

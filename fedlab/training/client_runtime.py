@@ -19,7 +19,9 @@ import torch
 
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
+from fedlab.core.update import Update
 from fedlab.data.types import ArrayDataset
+from fedlab.privacy.adaptive_clipping import norm_indicator
 from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
@@ -27,6 +29,7 @@ from fedlab.training.local import (
     LocalTrainer,
     OptimSpec,
     PrivacyStep,
+    TrainResult,
     evaluate,
     noise_multiplier_for_epsilon,
     poisson_plan,
@@ -96,6 +99,44 @@ def dp_spec(
     )
 
 
+def client_report(
+    config: RunConfig, client_id: str, result: TrainResult, *, clip_norm: float | None = None
+) -> TrainReport:
+    """What a client sends after training: under DP, only the unnoised values its DP mode needs.
+
+    * Every DP mode: no training loss (NaN; it is computed from the data without noise).
+    * ``dpsgd``: the noisy delta, the number of examples (FedAvg's weight) and the client's own
+      accounting (noise multiplier, sample rate ``batch / n``, steps, epsilon); these are functions
+      of the example count, which the guarantee therefore treats as public.
+    * ``central``: the delta clipped to the round's clip norm (``clip_norm``, sent by the server
+      under adaptive clipping, else ``dp.clip_norm``); under adaptive clipping also the indicator
+      b_i (+-0.5: was the norm within it), which the server noises; no example or step count.
+    * ``distributed``: the delta (it is clipped, noised and masked before it leaves); no counts.
+    * No DP: the delta, the loss, the example and step counts.
+    """
+    dp = config.dp
+    update, indicator = result.update, None
+    if dp.mode == "central":
+        bound = dp.clip_norm if clip_norm is None else clip_norm
+        clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
+        update = clipped.update
+        if dp.adaptive_clipping:
+            indicator = norm_indicator(update_norm=clipped.norm, clip_norm=bound)
+    if dp.user_level:
+        update = Update(arrays=update.arrays, num_examples=0, weight=1.0)
+    return TrainReport(
+        client_id=client_id,
+        update=update,
+        clip_indicator=indicator,
+        train_loss=math.nan if dp.enabled else result.loss,
+        # Without DP the release is noiseless: epsilon is infinite, noise 0, all data used.
+        epsilon=result.epsilon if result.private else math.inf,
+        noise_multiplier=result.noise_multiplier if result.private else 0.0,
+        sample_rate=result.sample_rate if result.private else 1.0,
+        steps=0 if dp.user_level else result.steps,
+    )
+
+
 def client_seed(round_seed: int, client_id: str) -> int:
     """Mix the server's public round seed with the client's identity.
 
@@ -159,32 +200,26 @@ class ClientRuntime:
         history: Sequence[PrivacyStep],
         round_seed: int,
         clip_norm: float | None = None,
+        secret: bytes | None = None,
     ) -> tuple[TrainReport, tuple[PrivacyStep, ...]]:
         """Train one round from ``weights``; return the report and the new accountant history.
 
-        With ``dp.mode = "central"`` the client clips its delta to the round's clip norm
-        (``clip_norm``, sent by the server under adaptive clipping, else
-        ``dp.clip_norm``) before it leaves, and reports the norm it had before.
+        Randomness: with ``secret`` (deployment: the client's own per-round secret, e.g.
+        :func:`~fedlab.training.randomness.fresh_secret`) the client's Poisson batches and
+        DP noise come from that secret alone and ``round_seed`` is unused; without it
+        (``fedlab simulate``) they are seeded from the run seed, ``round_seed`` and the
+        client id, which the server knows: reproducible, and not private against it.
+
+        The report is :func:`client_report`'s: what leaves the client under each DP mode.
         """
-        result = self.trainer(config, data).train_round(
-            weights, history=history, round_seed=client_seed(round_seed, data.client_id)
-        )
-        update, pre_clip_norm = result.update, None
-        if config.dp.mode == "central":
-            bound = config.dp.clip_norm if clip_norm is None else clip_norm
-            clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
-            update, pre_clip_norm = clipped.update, clipped.norm
-        report = TrainReport(
-            client_id=data.client_id,
-            update=update,
-            pre_clip_norm=pre_clip_norm,
-            train_loss=result.loss,
-            # Without DP the release is noiseless: epsilon is infinite, noise 0, all data used.
-            epsilon=result.epsilon if result.private else math.inf,
-            noise_multiplier=result.noise_multiplier if result.private else 0.0,
-            sample_rate=result.sample_rate if result.private else 1.0,
-            steps=result.steps,
-        )
+        trainer = self.trainer(config, data)
+        if secret is not None:
+            result = trainer.train_round(weights, history=history, secret=secret)
+        else:
+            result = trainer.train_round(
+                weights, history=history, round_seed=client_seed(round_seed, data.client_id)
+            )
+        report = client_report(config, data.client_id, result, clip_norm=clip_norm)
         return report, result.history
 
     def evaluate(

@@ -23,11 +23,12 @@ What this protects, and what it does not:
   provided the caller carries the history faithfully from round to round.
 * The reported ``loss`` and ``num_examples`` are NOT privatised; treat them as
   public or keep them on the client.
-* Noise and sampling come from ``torch.Generator`` (Mersenne Twister) seeded from
-  ``(seed, round_seed)``: reproducible, not cryptographically secure, and whoever
-  knows both seeds can subtract the noise. Opacus' ``secure_mode=True`` would need
-  ``torchcsprng``, which is not installable here, so it is not offered; the
-  floating-point attacks on Gaussian sampling (Jin et al. 2022) are not mitigated.
+* Noise and sampling come from the round's :class:`~fedlab.training.randomness.RoundStreams`:
+  with ``round_seed`` (simulation) from ``torch.Generator`` (Mersenne Twister) seeded from
+  ``(seed, round_seed)``, reproducible by whoever knows both seeds, who can subtract the
+  noise; with ``secret`` (deployment) from ChaCha20 streams keyed by the client's secret,
+  which nobody else can reproduce, with the floating-point mitigation of Opacus'
+  ``secure_mode`` (Holohan & Braghin 2021) and ``secure_mode=True`` set on the optimizer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import torch.nn.functional as F  # noqa: N812
 from opacus.accountants import IAccountant, create_accountant
 from opacus.grad_sample import AbstractGradSampleModule, GradSampleModule
 from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -58,6 +58,7 @@ from fedlab.training.accounting import (
     noise_multiplier_for_epsilon,
 )
 from fedlab.training.models import get_weights, set_weights
+from fedlab.training.randomness import RoundStreams
 
 __all__ = [
     "DpSgdSpec",
@@ -245,7 +246,6 @@ class _DpParts:
 
     spec: DpSgdSpec
     sample_rate: float
-    noise_generator: torch.Generator
     accountant: IAccountant
 
 
@@ -259,10 +259,9 @@ class LocalTrainer:
     and returns the delta. The accountant history is passed in and returned, so
     the caller persists it wherever it likes (Flower ``context.state``, a file).
 
-    Security notes (see the module docstring): noise is reproducible from
-    ``(seed, round_seed)``, so keep ``seed`` secret to the client; ``seed`` is mixed
-    into every round's streams so clients sent the same ``round_seed`` still draw
-    independent noise. ``secure_mode`` is not available (no ``torchcsprng``).
+    Security notes (see the module docstring): a round trained with ``round_seed`` is
+    reproducible from ``(seed, round_seed)`` (simulation only); a round trained with a
+    ``secret`` draws its batches and noise from that secret alone (deployment).
     """
 
     def __init__(
@@ -286,7 +285,7 @@ class LocalTrainer:
             optim: Optimizer and schedule.
             dp: DP-SGD parameters, or ``None`` for plain training.
             device: Where to train; the model and data are moved there.
-            seed: Non-negative client seed, mixed into every round's randomness.
+            seed: Non-negative client seed, mixed into the round seed of seeded rounds.
 
         Raises:
             ValueError: On bad data, a negative seed, ``batch_size > n`` with DP, or
@@ -303,13 +302,11 @@ class LocalTrainer:
         self._optim = optim
         self._device = device
         self._seed = seed
-        self._sampling_generator = torch.Generator()  # Opacus' sampler draws on the CPU
+        self._streams = RoundStreams(device)
         model.to(device)
-        self._dp = (
-            None if dp is None else _dp_parts(dp, num_examples=len(self._y), optim=optim, device=device)
-        )
+        self._dp = None if dp is None else _dp_parts(dp, num_examples=len(self._y), optim=optim)
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
-        self._optimizer = _build_optimizer(self._model, optim, self._dp)
+        self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
 
     @property
     def model(self) -> nn.Module:
@@ -333,33 +330,42 @@ class LocalTrainer:
         return self._optim.local_epochs * math.ceil(self.num_examples / self._optim.batch_size)
 
     def train_round(
-        self, global_weights: Sequence[np.ndarray], *, history: Sequence[PrivacyStep] = (), round_seed: int
+        self,
+        global_weights: Sequence[np.ndarray],
+        *,
+        history: Sequence[PrivacyStep] = (),
+        round_seed: int | None = None,
+        secret: bytes | None = None,
     ) -> TrainResult:
         """Train one round starting from ``global_weights``.
+
+        Give exactly one of ``round_seed`` and ``secret``.
 
         Args:
             global_weights: The server's weights, in ``state_dict`` order.
             history: The client's accountant history before this round (empty on the
                 first round). Must be empty without DP.
-            round_seed: Non-negative seed of this round's sampling and noise; the
-                same ``(seed, round_seed)`` reproduces the round exactly (on CPU).
+            round_seed: Simulation: non-negative seed of this round's sampling and noise;
+                the same ``(seed, round_seed)`` reproduces the round exactly (on CPU).
+            secret: Deployment: the client's secret for this round (at least 32 bytes,
+                e.g. :func:`~fedlab.training.randomness.fresh_secret`); sampling and noise
+                come from it alone.
 
         Returns:
             The delta and what was spent; ``history`` in the result is the input
             history plus this round's steps.
 
         Raises:
-            ValueError: On a shape mismatch, a negative ``round_seed``, or a
-                history given without DP.
+            ValueError: On a shape mismatch, a negative ``round_seed``, a short ``secret``,
+                neither or both of them, or a history given without DP.
 
         """
-        if round_seed < 0:
-            raise ValueError(f"round_seed must be >= 0; got {round_seed}")
         prior = tuple(history)
         if self._dp is None and prior:
             raise ValueError("a privacy history was given to a trainer without DP")
+        start_streams(self._streams, seed=self._seed, round_seed=round_seed, secret=secret)
         received = self._load_global_weights(global_weights)
-        self._start_round(prior, round_seed)
+        self._start_round(prior)
         with warnings.catch_warnings():
             # Opacus' hooks make torch warn on every step that no input requires grad: harmless.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -395,13 +401,10 @@ class LocalTrainer:
         set_weights(self._model, global_weights)
         return get_weights(self._model)
 
-    def _start_round(self, prior: tuple[PrivacyStep, ...], round_seed: int) -> None:
+    def _start_round(self, prior: tuple[PrivacyStep, ...]) -> None:
         self._optimizer.zero_grad(set_to_none=True)
         self._optimizer.state.clear()
-        sampling_seed, noise_seed = _round_seeds(self._seed, round_seed)
-        self._sampling_generator.manual_seed(sampling_seed)
         if self._dp is not None:
-            self._dp.noise_generator.manual_seed(noise_seed)
             self._dp.accountant.history = [step.as_opacus() for step in prior]
         self._model.train()
 
@@ -415,16 +418,8 @@ class LocalTrainer:
         return loss_sum, seen, steps
 
     def _epoch_batches(self) -> Iterable[torch.Tensor]:
-        n = len(self._y)
-        if self._dp is None:
-            return torch.split(torch.randperm(n, generator=self._sampling_generator), self._optim.batch_size)
-        sampler = UniformWithReplacementSampler(
-            num_samples=n,
-            sample_rate=self._dp.sample_rate,
-            generator=self._sampling_generator,
-            steps=n // self._optim.batch_size,
-        )
-        return (torch.tensor(chosen, dtype=torch.long) for chosen in sampler)
+        rate = None if self._dp is None else self._dp.sample_rate
+        return epoch_batches(self._streams, len(self._y), self._optim.batch_size, rate)
 
     def _train_step(self, indices: torch.Tensor) -> float:
         """Take one optimizer step on the given examples; return their summed loss."""
@@ -532,17 +527,36 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
-def _round_seeds(seed: int, round_seed: int) -> tuple[int, int]:
-    """Derive independent 64-bit seeds for Poisson sampling and for DP noise."""
-    sampling, noise = np.random.SeedSequence([seed, round_seed]).generate_state(2, dtype=np.uint64)
-    return int(sampling), int(noise)
+def start_streams(streams: RoundStreams, *, seed: int, round_seed: int | None, secret: bytes | None) -> None:
+    """Start a round's streams from ``round_seed`` (with the client ``seed``) or from ``secret``.
+
+    Raises:
+        ValueError: If neither or both are given, or ``round_seed`` is negative.
+    """
+    if (round_seed is None) == (secret is None):
+        raise ValueError("give exactly one of round_seed (simulation) and secret (deployment)")
+    if secret is not None:
+        streams.start_secret(secret)
+        return
+    assert round_seed is not None
+    if round_seed < 0:
+        raise ValueError(f"round_seed must be >= 0; got {round_seed}")
+    streams.start_seeded(seed=seed, round_seed=round_seed)
 
 
-def _dp_parts(spec: DpSgdSpec, *, num_examples: int, optim: OptimSpec, device: torch.device) -> _DpParts:
+def epoch_batches(
+    streams: RoundStreams, num_examples: int, batch_size: int, sample_rate: float | None
+) -> Iterable[torch.Tensor]:
+    """One epoch's batches: ``n // batch_size`` Poisson batches under DP, else shuffled minibatches."""
+    if sample_rate is None:
+        return streams.shuffled_batches(num_examples, batch_size)
+    return streams.poisson_batches(num_examples, sample_rate=sample_rate, steps=num_examples // batch_size)
+
+
+def _dp_parts(spec: DpSgdSpec, *, num_examples: int, optim: OptimSpec) -> _DpParts:
     return _DpParts(
         spec=spec,
         sample_rate=_poisson_sample_rate(num_examples, optim.batch_size),
-        noise_generator=torch.Generator(device=device),  # must live where the gradients live
         accountant=create_accountant(mechanism=spec.accountant),
     )
 
@@ -554,7 +568,36 @@ def _wrap_for_per_sample_gradients(model: nn.Module) -> nn.Module:
     return cast(nn.Module, wrapped)
 
 
-def _build_optimizer(model: nn.Module, optim: OptimSpec, dp: _DpParts | None) -> torch.optim.Optimizer:
+class StreamDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus' ``DPOptimizer`` drawing its Gaussian noise from the trainer's round streams.
+
+    In a seeded round Opacus draws the noise with the streams' torch generator, exactly as
+    ``DPOptimizer`` does. In a secret round each step's noise is
+    ``streams.secret_noise.normal(0, z * C)`` (ChaCha20, floating-point mitigation), and
+    ``secure_mode`` is set, so no draw comes from a generator anyone else can seed.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, streams: RoundStreams, **kwargs: object) -> None:
+        super().__init__(optimizer, generator=streams.noise_generator, **kwargs)
+        self._streams = streams
+
+    def add_noise(self) -> None:
+        """Add the step's noise to the clipped, summed gradients (Opacus' step 2)."""
+        source = self._streams.secret_noise
+        self.secure_mode = source is not None
+        if source is None:
+            super().add_noise()
+            return
+        std = float(self.noise_multiplier * self.max_grad_norm)
+        for p in self.params:
+            summed = p.summed_grad
+            noise = torch.from_numpy(source.normal(0.0, std, size=tuple(summed.shape)))
+            p.grad = (summed + noise.to(dtype=summed.dtype, device=summed.device)).view_as(p)
+
+
+def _build_optimizer(
+    model: nn.Module, optim: OptimSpec, dp: _DpParts | None, streams: RoundStreams
+) -> torch.optim.Optimizer:
     base: torch.optim.Optimizer
     if optim.optimizer == "sgd":
         base = torch.optim.SGD(model.parameters(), lr=optim.lr, momentum=optim.momentum)
@@ -562,13 +605,13 @@ def _build_optimizer(model: nn.Module, optim: OptimSpec, dp: _DpParts | None) ->
         base = torch.optim.Adam(model.parameters(), lr=optim.lr)
     if dp is None:
         return base
-    private = DPOptimizer(
+    private = StreamDPOptimizer(
         base,
+        streams=streams,
         noise_multiplier=dp.spec.noise_multiplier,
         max_grad_norm=dp.spec.max_grad_norm,
         expected_batch_size=optim.batch_size,
         loss_reduction="mean",
-        generator=dp.noise_generator,
     )
     private.attach_step_hook(dp.accountant.get_optimizer_hook_fn(sample_rate=dp.sample_rate))
     return cast(torch.optim.Optimizer, private)

@@ -9,10 +9,17 @@ simulator use it the same way. For each round it
 
 A crash between 1 and 2 loses a release, never a spend: the ledger may hold a round
 whose model was never written, but never a released model whose spending is missing.
+
+Under user-level DP (``dp.mode`` central or distributed) the run directory must not tell who
+took part: the epsilon covers the released models, not a record of participation. Unless
+``dp.record_participation`` is set, the ledger gets no per-client rows, ``metrics.jsonl`` no
+counts of clients (sampled, aggregated, failed, dropped, rejected) and the summary no client
+list; the observer (the operator's console) still sees the counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -62,6 +69,14 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+PUBLIC_ROUND_VALUES = frozenset(
+    {"clip_norm", "noise_std", "fraction_clipped", "denominator", "aborted", "abort_reason", "started_at"}
+)
+"""Round values that reveal nothing about participation: all ``metrics.jsonl`` keeps of a round's
+extra values under user-level DP (the noised ``fraction_clipped``, public settings, aborts, whose
+effect the released model shows anyway)."""
+
+
 class RunRecorder:
     """Keeps a run directory: ledger, metrics, model and summary.
 
@@ -95,6 +110,8 @@ class RunRecorder:
             run_dir / LEDGER_FILE, run_name=config.run.name, delta=config.dp.delta, config_json=config_json
         )
         self._epsilons: dict[str, float] = {}
+        self._hide_participation = config.dp.user_level and not config.dp.record_participation
+        self._user_epsilons: dict[str, float] = {}
         self._user_epsilon: float | None = None
         self._noise_multiplier = 0.0
         self._history: list[RoundMetrics] = []
@@ -126,16 +143,24 @@ class RunRecorder:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
         for f in federation:
             self._user_epsilon = max(self._user_epsilon or 0.0, f.epsilon)
+            self._user_epsilons[f.mechanism] = max(self._user_epsilons.get(f.mechanism, 0.0), f.epsilon)
         set_weights(self._model, weights)
         loss, accuracy = evaluate(
             self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
         )
         _save_model_atomically(self.run_dir / MODEL_FILE, weights)
         metrics = self._round_metrics(round_num, loss, accuracy, reports, seconds, extra or {})
-        append_metrics(self.run_dir / METRICS_FILE, metrics)
+        append_metrics(self.run_dir / METRICS_FILE, self._for_run_dir(metrics))
         self._history.append(metrics)
         self._observer.on_round(metrics)
         return metrics
+
+    def _for_run_dir(self, metrics: RoundMetrics) -> RoundMetrics:
+        """The metrics as written to the run directory (participation withheld under user-level DP)."""
+        if not self._hide_participation:
+            return metrics
+        public = {k: v for k, v in metrics.extra.items() if k in PUBLIC_ROUND_VALUES}
+        return dataclasses.replace(metrics, clients=None, extra=public)
 
     def _note_noise(self, reports: Sequence[TrainReport], federation: Sequence[FederationSpend]) -> None:
         """Remember the round's noise multiplier: the server's, else the clients' mean."""
@@ -152,10 +177,10 @@ class RunRecorder:
                 client_id=r.client_id,
                 noise_multiplier=r.noise_multiplier,
                 sample_rate=r.sample_rate,
-                steps=r.steps,
+                steps=max(r.steps, 1),
                 epsilon=r.epsilon,
             )
-            for r in reports
+            for r in ([] if self._hide_participation else reports)
         ]
         self._ledger.commit_round(round_num, spends, federation)
 
@@ -170,7 +195,7 @@ class RunRecorder:
     ) -> RoundMetrics:
         total = sum(r.update.num_examples for r in reports)
         train_loss = sum(r.train_loss * r.update.num_examples for r in reports) / total if total else math.nan
-        eps = [self._user_epsilon] if self._user_epsilon is not None else list(self._epsilons.values())
+        eps = [self._user_epsilon or 0.0] if self._config.dp.user_level else list(self._epsilons.values())
         return RoundMetrics(
             round=round_num,
             accuracy=accuracy,
@@ -184,17 +209,19 @@ class RunRecorder:
         )
 
     def _epsilon_summary(self) -> dict[str, Any]:
-        """Per-client (sample-level) epsilons, and the user-level one under central DP."""
+        """Per-client (sample-level) epsilons, or the user-level one (by mechanism) under user-level DP."""
         local = {
             k: _finite_or_none(v)
             for k, v in sorted(self._epsilons.items(), key=lambda item: client_sort_key(item[0]))
         }
-        if self._user_epsilon is not None:
+        if self._config.dp.user_level:
+            user = self._user_epsilon or 0.0  # no round released: nothing spent
             return {
-                "epsilon_max": self._user_epsilon,
-                "epsilon_mean": self._user_epsilon,
-                "epsilon_user": self._user_epsilon,
-                "client_epsilons": dict.fromkeys(local, self._user_epsilon),
+                "epsilon_max": user,
+                "epsilon_mean": user,
+                "epsilon_user": user,
+                "epsilon_by_mechanism": dict(sorted(self._user_epsilons.items())),
+                "client_epsilons": {} if self._hide_participation else dict.fromkeys(local, user),
             }
         values = list(self._epsilons.values())
         return {

@@ -75,6 +75,7 @@ from fedlab.secagg.messages import (
 from fedlab.secagg.ring import Vector
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
+from fedlab.training.randomness import fresh_secret
 
 Encoding = FixedPointCodec | SkellamParams
 """How a client turns its delta into residues: fixed point (plain SecAgg) or Skellam (distributed DP)."""
@@ -723,8 +724,9 @@ class SecureClient:
     Args:
         runtime: Trains clients for :meth:`answer` (reused across rounds); :meth:`respond` callers
             train themselves and may omit it.
-        seeded: Draw keys, masks and noise from seeded sources (simulation; see
-            :func:`stage_source`) instead of ``os.urandom`` (deployment, the default).
+        seeded: Draw keys, masks, noise and DP-SGD's batches and noise from seeded sources
+            (simulation; see :func:`stage_source`) instead of ``os.urandom`` and a fresh client
+            secret per round (deployment, the default).
 
     """
 
@@ -758,7 +760,10 @@ class SecureClient:
         if weights:
 
             def training() -> tuple[TrainReport, Sequence[PrivacyStep]]:
-                return runtime.train(config, data, weights, history=history, round_seed=msg.round_seed)
+                secret = None if self._seeded else fresh_secret()  # deployment: DP-SGD from a secret
+                return runtime.train(
+                    config, data, weights, history=history, round_seed=msg.round_seed, secret=secret
+                )
 
         response = self.respond(config, data.client_id, msg, current, training=training)
         return StageAnswer(

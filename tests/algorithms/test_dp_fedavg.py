@@ -73,7 +73,13 @@ def test_user_level_epsilon_is_committed_per_round_and_matches_an_independent_ac
     assert totals[0].epsilon == pytest.approx(expected, rel=1e-6)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["epsilon_max"] < rows[1]["epsilon_max"] < rows[2]["epsilon_max"] == pytest.approx(expected)
-    assert all(r["rejected"] == 0 and r["clip_norm"] == 0.5 for r in rows)
+    assert all(r["clip_norm"] == 0.5 for r in rows)
+    # Who took part stays out of the run directory: no counts, no client rows (F4).
+    assert all(r["clients"] is None and "rejected" not in r and "sampled" not in r for r in rows)
+    assert all(r["train_loss"] is None for r in rows)
+    with PrivacyLedger.open(tmp_path / "run" / "ledger.sqlite") as ledger:
+        assert ledger.client_totals() == []
+    assert summary["client_epsilons"] == {}
 
 
 def test_target_epsilon_is_calibrated_and_never_overshot(tmp_path):

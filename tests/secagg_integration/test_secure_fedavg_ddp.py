@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlab.algorithms.runs import run_configured, secure_settings
+from fedlab.algorithms.runs import run_configured
 from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import SilentObserver
 from fedlab.privacy.skellam import SkellamAccountant, SkellamEvent, SkellamParams
@@ -51,8 +51,10 @@ def test_ddp_epsilon_in_ledger_equals_independent_skellam_accounting(tmp_path: P
             "SELECT round, mechanism, noise_multiplier, sample_rate, steps, epsilon"
             " FROM federation_spend ORDER BY round"
         ).fetchall()
-    assert [r[0] for r in rows] == [1, 3]  # the aborted round 2 released nothing and spent nothing
-    assert all(r[1] == "skellam-ddp" and r[3] == 1.0 and r[4] == 1 for r in rows)
+    released = [r for r in rows if r[1] == "skellam-ddp-released"]
+    rows = [r for r in rows if r[1] == "skellam-ddp"]  # against the server: the run's epsilon
+    assert [r[0] for r in rows] == [r[0] for r in released] == [1, 3]  # round 2 aborted: no spend
+    assert all(r[3] == 1.0 and r[4] == 1 for r in rows + released)  # q = 1 here
     z = rows[0][2]
     # Independently: 650 parameters, q = 1, cohort 6, at least ceil(0.8 * 6) = 5 noise shares, 20 bits.
     params = SkellamParams(clip=0.5, noise_multiplier=z, num_clients=6, min_survivors=5, bits=20, dim=650)
@@ -60,6 +62,12 @@ def test_ddp_epsilon_in_ledger_equals_independent_skellam_accounting(tmp_path: P
     for _ in rows:
         accountant.compose(SkellamEvent(params=params, sample_rate=1.0, steps=1))
     assert rows[-1][5] == pytest.approx(accountant.epsilon(delta=1e-5), rel=1e-9)
+    # Readers of the released models: add/remove, the noise topped up to all 6 shares.
+    readers = SkellamAccountant()
+    for _ in released:
+        readers.compose(SkellamEvent(params=params, sample_rate=1.0, steps=1, num_survivors=6))
+    assert released[-1][5] == pytest.approx(readers.epsilon(delta=1e-5), rel=1e-9)
+    assert released[-1][5] < rows[-1][5]
     # Calibrated for 3 planned rounds: 2 released rounds spend less than the 4.0 target.
     assert rows[-1][5] < 4.0
     full = SkellamAccountant()
@@ -90,6 +98,5 @@ def test_ddp_budget_guard_stops_before_exceeding_max_epsilon(tmp_path: Path) -> 
 
 
 def test_ddp_refuses_fixed_fraction_sampling_below_one() -> None:
-    config = make_config(dp=DDP, server={"fraction_train": 0.5, "sampling": "fraction"})
     with pytest.raises(ConfigError, match=r"^server\.sampling"):
-        secure_settings(config, num_clients=NUM_CLIENTS, dim=650)
+        make_config(dp=DDP, server={"fraction_train": 0.5, "sampling": "fraction"})

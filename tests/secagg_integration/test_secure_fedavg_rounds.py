@@ -190,7 +190,7 @@ def test_random_dropouts_never_give_a_wrong_model() -> None:
     settings = secure_settings(config, num_clients=NUM_CLIENTS, dim=650)
     run_secure_fedavg(
         transport=transport, recorder=recorder, initial_weights=start, settings=settings,
-        source=seeded_source(b"server"),
+        source=seeded_source(b"server"), sample_rng=np.random.default_rng(0),
     )  # fmt: skip
     previous = start
     outcomes = []

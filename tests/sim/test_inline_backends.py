@@ -61,7 +61,10 @@ def test_inline_and_flower_spend_the_same_epsilon_under_dp_sgd(tmp_path):
 def test_central_dp_runs_the_configured_dp_fedavg_loop_over_the_inline_transport(tmp_path):
     from fedlab.privacy.ledger import PrivacyLedger
 
-    extra = ('dp.mode="central"', "dp.noise_multiplier=1.0", "dp.clip_norm=0.5", "simulation.dropout=0.2")
+    extra = (
+        'dp.mode="central"', "dp.noise_multiplier=1.0", "dp.clip_norm=0.5", "simulation.dropout=0.2",
+        "dp.record_participation=true",  # the device counts below are withheld by default
+    )  # fmt: skip
     summary = run_inline(tmp_path / "run", workers=0, extra=extra)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert summary["rounds_completed"] == 2

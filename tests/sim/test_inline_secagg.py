@@ -27,7 +27,14 @@ def config(**sections: dict[str, Any]) -> RunConfig:
         "data": {"dataset": "digits", "num_clients": NUM_CLIENTS},
         "model": {"kind": "logreg"},
         "train": {"local_epochs": 1, "batch_size": 16, "lr": 0.5},
-        "dp": {"mode": "distributed", "target_epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0},
+        # record_participation: these tests compare who took part, which a run withholds by default.
+        "dp": {
+            "mode": "distributed",
+            "target_epsilon": 8.0,
+            "delta": 1e-5,
+            "clip_norm": 1.0,
+            "record_participation": True,
+        },
         "simulation": {"backend": "inline", "workers": 0},
         "secagg": {"enabled": True, "bits": 20, "min_survivors": 0.6, "simulate_dropout": 0.25},
     }
@@ -43,7 +50,9 @@ def weights_of(run_dir: Path) -> list[np.ndarray]:
 
 def ledger(run_dir: Path) -> list[tuple[int, float]]:
     with sqlite3.connect(run_dir / LEDGER_FILE) as db:
-        return db.execute("SELECT round, epsilon FROM federation_spend ORDER BY round").fetchall()
+        return db.execute(
+            "SELECT round, epsilon FROM federation_spend WHERE mechanism = 'skellam-ddp' ORDER BY round"
+        ).fetchall()
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:

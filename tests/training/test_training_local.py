@@ -342,3 +342,41 @@ def test_trainer_rejects_misuse():
 def test_bad_data_is_rejected(x, y):
     with pytest.raises(ValueError):
         LocalTrainer(model=logreg(3, 2), x=x, y=y, optim=sgd(), dp=None, device=CPU, seed=0)
+
+
+# --- secret randomness (deployment) ---------------------------------------------
+
+
+def test_a_secret_round_adds_noise_of_std_z_c_over_b_that_no_seed_reproduces():
+    # q = 1 (batch = n): both rounds clip and sum the same gradients, so their updates differ by
+    # lr * (noise_1 - noise_2) / B per coordinate, std lr * sqrt(2) * z * C / B.
+    x, y = blobs(40, features=30, classes=5)
+    z, clip, lr = 2.0, 0.5, 1.0
+    trainer = trainer_for(x, y, optim=sgd(lr=lr, batch_size=40), dp=dpsgd(z=z, clip=clip))
+    start = get_weights(trainer.model)
+    one = trainer.train_round(start, secret=bytes(range(32)))
+    again = trainer.train_round(start, secret=bytes(range(32)))
+    other = trainer.train_round(start, secret=bytes(range(1, 33)))
+    flat = [np.concatenate([a.ravel() for a in r.update.arrays]) for r in (one, again, other)]
+    np.testing.assert_array_equal(flat[0], flat[1])  # the secret alone decides every draw
+    gap = flat[0] - flat[2]
+    expected = lr * math.sqrt(2.0) * z * clip / 40
+    assert gap.size == 30 * 5 + 5
+    assert np.std(gap) == pytest.approx(expected, rel=0.15)
+    assert abs(np.mean(gap)) < 4 * expected / math.sqrt(gap.size)
+    assert one.history == again.history and one.epsilon == again.epsilon  # accounting is unchanged
+    seeded = [trainer.train_round(start, round_seed=s).update.arrays for s in range(20)]
+    for arrays in seeded:
+        assert not np.allclose(np.concatenate([a.ravel() for a in arrays]), flat[0], atol=1e-6)
+
+
+def test_a_round_takes_exactly_one_source_of_randomness():
+    x, y = blobs(40)
+    trainer = trainer_for(x, y, optim=sgd(batch_size=10), dp=dpsgd())
+    start = get_weights(trainer.model)
+    with pytest.raises(ValueError, match="exactly one"):
+        trainer.train_round(start)
+    with pytest.raises(ValueError, match="exactly one"):
+        trainer.train_round(start, round_seed=1, secret=bytes(32))
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        trainer.train_round(start, secret=bytes(16))
