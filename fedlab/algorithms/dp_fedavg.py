@@ -198,7 +198,13 @@ def run_dp_fedavg(
             round_num=round_num,
             client_ids=tuple(sampled),
             seed=round_seed(settings.seed, round_num),
-            instructions={"clip-norm": clip},
+            # The round's public DP settings: a device's budget charges the run's event from them.
+            instructions={
+                "clip-norm": clip,
+                "noise-multiplier": settings.noise_multiplier,
+                "sample-rate": settings.sample_rate,
+                "rounds": float(settings.rounds),
+            },
         )
         replies = transport.train(plan, weights)
         kept, rejected = _accepted(replies.reports, clip, round_num)

@@ -103,10 +103,15 @@ LOG = logging.getLogger("fedlab.secure_fedavg")
 
 @dataclass(frozen=True)
 class SetupMessage:
-    """Stage 0, server -> client: the round's public parameters and the client's protocol index."""
+    """Stage 0, server -> client: the round's public parameters and the client's protocol index.
+
+    ``encoding`` (the same one stage 2 carries, None in messages built without it) lets a device
+    decide at the first stage whether the round fits its privacy budget.
+    """
 
     params: SecAggParams
     index: int
+    encoding: FixedPointCodec | SkellamParams | None = None
 
 
 @dataclass(frozen=True)
@@ -473,7 +478,8 @@ def _drive(
         return _valid(transport.stage(request), kind, index, round_num, failures)
 
     try:
-        adverts = stage(Stage.ADVERTISE_KEYS, {c: SetupMessage(params, index[c]) for c in sampled}, KeyAdvert)
+        setup = {c: SetupMessage(params, index[c], encoding) for c in sampled}
+        adverts = stage(Stage.ADVERTISE_KEYS, setup, KeyAdvert)
         roster, rosters = protocol.server_collect_adverts(
             params, [a for a in adverts.values() if isinstance(a, KeyAdvert)]
         )

@@ -25,7 +25,10 @@ from fedlab.training.secure_client import StageCall, StageReply, WireObject
 def call_parts(message: ServerStageMessage) -> dict[str, WireObject]:
     """The named wire parts of a server -> client stage message."""
     if isinstance(message, SetupMessage):
-        return {"params": message.params, "index": message.index}
+        parts: dict[str, WireObject] = {"params": message.params, "index": message.index}
+        if message.encoding is not None:
+            parts["encoding"] = message.encoding
+        return parts
     if isinstance(message, MaskedInputMessage):
         return {"delivery": message.delivery, "encoding": message.encoding}
     if isinstance(message, NeighbourRoster):

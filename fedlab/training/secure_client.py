@@ -317,7 +317,8 @@ class StageCall:
         stage: The protocol stage.
         round_num: The federation round (also the SecAgg round id).
         round_seed: The round's public seed (rotation seed of distributed DP; training seed).
-        parts: Named wire objects: stage 0 ``params`` and ``index``; stage 1 ``roster``; stage 2
+        parts: Named wire objects: stage 0 ``params``, ``index`` and ``encoding`` (to decide early
+            whether the round fits a device's budget); stage 1 ``roster``; stage 2
             ``delivery`` and ``encoding`` (the global weights travel beside, as arrays);
             stage 3 ``request``.
 
