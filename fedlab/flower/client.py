@@ -42,6 +42,8 @@ SECAGG_STATE = "fedlab-secagg"
 """Context-state record of the client's secret per-round SecAgg+ state (deleted after unmasking)."""
 SECAGG_ERROR = 0
 """Error code of a refused or (simulated) dropped secure-aggregation stage (Flower's UNKNOWN)."""
+EVALUATE_REFUSED = 4010
+"""Error code of an evaluate message refused under DP."""
 
 ConfigSource = Callable[[Context], RunConfig]
 
@@ -260,8 +262,18 @@ def identity_reply(source: ClientDataSource, msg: Message, context: Context) -> 
 def evaluate_reply(
     runtime: ClientRuntime, source: ClientDataSource, msg: Message, context: Context
 ) -> Message:
-    """Evaluate the received model on the client's local data; reply with loss and accuracy."""
+    """Evaluate the received model on the client's local data; reply with loss and accuracy.
+
+    Under any DP mode the client refuses: its loss and accuracy on any model the server sends
+    are computed from its data without noise, so a server could query them to test whether an
+    example is in the data (fedlab's server evaluates centrally and never asks).
+    """
     config = source.config(context)
+    if config.dp.enabled:
+        reason = (
+            f"dp.mode = {config.dp.mode!r}: evaluation on local data would leave the client without noise"
+        )
+        return Message(Error(code=EVALUATE_REFUSED, reason=reason), reply_to=msg)
     data = source.data(context)
     weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
     loss, accuracy = runtime.evaluate(config, data, weights)

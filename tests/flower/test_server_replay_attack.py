@@ -137,3 +137,22 @@ def test_dpsgd_under_secure_aggregation_cannot_be_replayed_by_the_server():
     replayed = [server_replay(config, transport.data(cid), weights, seed) for cid in sampled]
     # The server knows every input but the noise: replaying all clients gives it the noiseless sum.
     assert_not_replayed(secure_mean, np.mean(replayed, axis=0))
+
+
+def test_a_dp_client_refuses_to_evaluate_models_on_its_local_data():
+    # A server could query the local loss of models of its choice: a membership oracle.
+    from fedlab.flower.client import EVALUATE_REFUSED
+
+    config = dpsgd_config()
+    client = FedlabClient(PartitionDataSource(config))
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 4}, state=RecordDict(),
+        run_config={},
+    )  # fmt: skip
+    content = RecordDict({"arrays": arrays_record(initial_weights(config)), "config": ConfigRecord({})})
+    msg = Message(content=content, dst_node_id=1, message_type=MessageType.EVALUATE)
+    reply = client.evaluate(msg, context)
+    assert reply.has_error() and reply.error.code == EVALUATE_REFUSED
+    plain = FedlabClient(PartitionDataSource(config.replace(dp=config.dp.__class__(mode="none"))))
+    answered = plain.evaluate(msg, context)
+    assert not answered.has_error() and "loss" in answered.content.metric_records["metrics"]
