@@ -37,9 +37,9 @@ from fedlab.training.local import (
     _build_optimizer,
     _data_tensors,
     _DpParts,
-    _poisson_sample_rate,
     _wrap_for_per_sample_gradients,
     epoch_batches,
+    poisson_sample_rate,
     start_streams,
     train_step,
 )
@@ -189,7 +189,7 @@ class SwapTrainer:
         self._optimizer.state.clear()
         rate = None
         if spec is not None and self._dp is not None:
-            rate = _poisson_sample_rate(len(batch.y), self._optim.batch_size)
+            rate = poisson_sample_rate(len(batch.y), self._optim.batch_size)
             self._dp.accountant.history = [step.as_opacus() for step in prior]
             private = cast(DPOptimizer, self._optimizer)
             private.noise_multiplier = spec.noise_multiplier

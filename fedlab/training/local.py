@@ -44,21 +44,19 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from opacus.accountants import IAccountant, create_accountant
 from opacus.grad_sample import AbstractGradSampleModule, GradSampleModule
-from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from fedlab.core.config import DpSection, TrainSection
 from fedlab.core.update import Update
 from fedlab.training.accounting import (
-    ACCOUNTANTS,
     PrivacyStep,
     epsilon_from_history,
     history_from_opacus,
     noise_multiplier_for_epsilon,
 )
 from fedlab.training.models import get_weights, set_weights
-from fedlab.training.randomness import RoundStreams
+from fedlab.training.randomness import RoundStreams, StreamDPOptimizer, epoch_batches, start_streams
+from fedlab.training.specs import DpSgdSpec, OptimSpec, TrainResult, poisson_plan, poisson_sample_rate
 
 __all__ = [
     "DpSgdSpec",
@@ -66,178 +64,13 @@ __all__ = [
     "OptimSpec",
     "PrivacyStep",
     "TrainResult",
+    "epoch_batches",
     "evaluate",
     "noise_multiplier_for_epsilon",
     "poisson_plan",
+    "poisson_sample_rate",
+    "start_streams",
 ]
-
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass(frozen=True, kw_only=True)
-class OptimSpec:
-    """How a client trains locally.
-
-    Attributes:
-        optimizer: ``"sgd"`` or ``"adam"``.
-        lr: Learning rate, > 0.
-        momentum: SGD momentum in [0, 1); ignored by Adam.
-        local_epochs: Passes over the local data per round, >= 1.
-        batch_size: Batch size; with DP the *expected* batch size, so the Poisson
-            sample rate is ``batch_size / n``.
-
-    """
-
-    optimizer: str
-    lr: float
-    momentum: float
-    local_epochs: int
-    batch_size: int
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if not (self.lr > 0.0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be finite and > 0; got {self.lr!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
-        if self.local_epochs < 1:
-            raise ValueError(f"local_epochs must be >= 1; got {self.local_epochs!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {self.batch_size!r}")
-
-    @classmethod
-    def from_config(cls, train: TrainSection) -> OptimSpec:
-        """Build the spec from the ``[train]`` section of a run config."""
-        return cls(
-            optimizer=train.optimizer,
-            lr=train.lr,
-            momentum=train.momentum,
-            local_epochs=train.local_epochs,
-            batch_size=train.batch_size,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class DpSgdSpec:
-    """Sample-level DP-SGD on a client.
-
-    Attributes:
-        noise_multiplier: Noise std over ``max_grad_norm`` (``z``), >= 0. Zero means
-            clipping without noise: no privacy (epsilon is reported as ``inf``).
-        max_grad_norm: Per-sample gradient clipping bound ``C``, > 0.
-        delta: Target delta for reporting epsilon, in (0, 1).
-        accountant: Opacus accountant, ``"rdp"`` or ``"prv"``.
-
-    """
-
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float
-    accountant: str
-
-    def __post_init__(self) -> None:
-        if not (self.noise_multiplier >= 0.0 and math.isfinite(self.noise_multiplier)):
-            raise ValueError(f"noise_multiplier must be finite and >= 0; got {self.noise_multiplier!r}")
-        if not (self.max_grad_norm > 0.0 and math.isfinite(self.max_grad_norm)):
-            raise ValueError(f"max_grad_norm must be finite and > 0; got {self.max_grad_norm!r}")
-        if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1); got {self.delta!r}")
-        if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}; got {self.accountant!r}")
-
-    @classmethod
-    def from_config(cls, dp: DpSection, *, noise_multiplier: float | None = None) -> DpSgdSpec:
-        """Build the spec from a ``[dp]`` section with ``mode = "dpsgd"``.
-
-        Args:
-            dp: The section.
-            noise_multiplier: The calibrated multiplier (see
-                :func:`noise_multiplier_for_epsilon`); required when the section sets
-                ``target_epsilon``, forbidden when it sets ``noise_multiplier``.
-
-        Raises:
-            ValueError: If the section is not DP-SGD or the multiplier is missing or
-                given twice.
-
-        """
-        if dp.mode != "dpsgd":
-            raise ValueError(f"dp.mode is {dp.mode!r}, not 'dpsgd'")
-        if (dp.noise_multiplier is None) == (noise_multiplier is None):
-            raise ValueError("give the noise multiplier exactly once: in the section or calibrated")
-        chosen = dp.noise_multiplier if dp.noise_multiplier is not None else noise_multiplier
-        assert chosen is not None
-        return cls(
-            noise_multiplier=chosen,
-            max_grad_norm=dp.max_grad_norm,
-            delta=dp.delta,
-            accountant=dp.resolved_accountant,
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainResult:
-    """What one round of local training produced.
-
-    Attributes:
-        update: Local weights after training minus the global weights received;
-            ``num_examples`` and ``weight`` are the number of local examples.
-        loss: Mean training loss over every example seen this round (NaN if none
-            were seen). Not privatised.
-        steps: Optimizer steps taken this round.
-        history: The client's whole accountant history after this round (empty
-            without DP).
-        epsilon: Cumulative epsilon at the spec's delta over ``history``. Without DP
-            it is 0.0, meaning "no DP accounting", not "private"; with noise
-            multiplier 0 it is ``inf``.
-        noise_multiplier: Noise multiplier used (0.0 without DP).
-        sample_rate: Poisson sample rate used (0.0 without DP).
-
-    """
-
-    update: Update
-    loss: float
-    steps: int
-    history: tuple[PrivacyStep, ...]
-    epsilon: float
-    noise_multiplier: float
-    sample_rate: float
-
-    @property
-    def private(self) -> bool:
-        """Whether this round ran DP-SGD (and so has an accountant history)."""
-        return bool(self.history)
-
-
-def poisson_plan(num_examples: int, optim: OptimSpec) -> tuple[float, int]:
-    """Return the DP-SGD ``(sample_rate, steps_per_round)`` a trainer will use.
-
-    The sample rate is ``batch_size / num_examples``; each local epoch is
-    ``num_examples // batch_size`` Poisson steps (Opacus' ``int(1 / sample_rate)``,
-    computed without float rounding). Plan a budget with exactly these numbers:
-    ``noise_multiplier_for_epsilon(sample_rate=q, steps=rounds * steps_per_round, ...)``.
-
-    Raises:
-        ValueError: If ``batch_size`` is not in ``[1, num_examples]``.
-
-    Examples:
-        >>> spec = OptimSpec(optimizer="sgd", lr=0.1, momentum=0.0, local_epochs=2, batch_size=32)
-        >>> poisson_plan(144, spec)
-        (0.2222222222222222, 8)
-
-    """
-    return _poisson_sample_rate(num_examples, optim.batch_size), optim.local_epochs * (
-        num_examples // optim.batch_size
-    )
-
-
-def _poisson_sample_rate(num_examples: int, batch_size: int) -> float:
-    if not 1 <= batch_size <= num_examples:
-        raise ValueError(
-            f"DP-SGD needs 1 <= batch_size <= number of examples; got batch_size={batch_size}, "
-            f"num_examples={num_examples}"
-        )
-    return batch_size / num_examples
 
 
 @dataclass(frozen=True)
@@ -527,36 +360,10 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
-def start_streams(streams: RoundStreams, *, seed: int, round_seed: int | None, secret: bytes | None) -> None:
-    """Start a round's streams from ``round_seed`` (with the client ``seed``) or from ``secret``.
-
-    Raises:
-        ValueError: If neither or both are given, or ``round_seed`` is negative.
-    """
-    if (round_seed is None) == (secret is None):
-        raise ValueError("give exactly one of round_seed (simulation) and secret (deployment)")
-    if secret is not None:
-        streams.start_secret(secret)
-        return
-    assert round_seed is not None
-    if round_seed < 0:
-        raise ValueError(f"round_seed must be >= 0; got {round_seed}")
-    streams.start_seeded(seed=seed, round_seed=round_seed)
-
-
-def epoch_batches(
-    streams: RoundStreams, num_examples: int, batch_size: int, sample_rate: float | None
-) -> Iterable[torch.Tensor]:
-    """One epoch's batches: ``n // batch_size`` Poisson batches under DP, else shuffled minibatches."""
-    if sample_rate is None:
-        return streams.shuffled_batches(num_examples, batch_size)
-    return streams.poisson_batches(num_examples, sample_rate=sample_rate, steps=num_examples // batch_size)
-
-
 def _dp_parts(spec: DpSgdSpec, *, num_examples: int, optim: OptimSpec) -> _DpParts:
     return _DpParts(
         spec=spec,
-        sample_rate=_poisson_sample_rate(num_examples, optim.batch_size),
+        sample_rate=poisson_sample_rate(num_examples, optim.batch_size),
         accountant=create_accountant(mechanism=spec.accountant),
     )
 
@@ -566,33 +373,6 @@ def _wrap_for_per_sample_gradients(model: nn.Module) -> nn.Module:
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     wrapped.forbid_grad_accumulation()  # a missed zero_grad would silently mix two Poisson batches
     return cast(nn.Module, wrapped)
-
-
-class StreamDPOptimizer(DPOptimizer):  # type: ignore[misc]
-    """Opacus' ``DPOptimizer`` drawing its Gaussian noise from the trainer's round streams.
-
-    In a seeded round Opacus draws the noise with the streams' torch generator, exactly as
-    ``DPOptimizer`` does. In a secret round each step's noise is
-    ``streams.secret_noise.normal(0, z * C)`` (ChaCha20, floating-point mitigation), and
-    ``secure_mode`` is set, so no draw comes from a generator anyone else can seed.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, streams: RoundStreams, **kwargs: object) -> None:
-        super().__init__(optimizer, generator=streams.noise_generator, **kwargs)
-        self._streams = streams
-
-    def add_noise(self) -> None:
-        """Add the step's noise to the clipped, summed gradients (Opacus' step 2)."""
-        source = self._streams.secret_noise
-        self.secure_mode = source is not None
-        if source is None:
-            super().add_noise()
-            return
-        std = float(self.noise_multiplier * self.max_grad_norm)
-        for p in self.params:
-            summed = p.summed_grad
-            noise = torch.from_numpy(source.normal(0.0, std, size=tuple(summed.shape)))
-            p.grad = (summed + noise.to(dtype=summed.dtype, device=summed.device)).view_as(p)
 
 
 def _build_optimizer(

@@ -20,10 +20,11 @@ reading the client's memory.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
+from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from fedlab.privacy.secure_random import SecureRandom
@@ -111,3 +112,56 @@ class RoundStreams:
             order = np.argsort(self._secret_sampling.random(num_examples), kind="stable")
             return torch.split(torch.from_numpy(order.astype(np.int64)), batch_size)
         return torch.split(torch.randperm(num_examples, generator=self._sampling_generator), batch_size)
+
+
+def start_streams(streams: RoundStreams, *, seed: int, round_seed: int | None, secret: bytes | None) -> None:
+    """Start a round's streams from ``round_seed`` (with the client ``seed``) or from ``secret``.
+
+    Raises:
+        ValueError: If neither or both are given, or ``round_seed`` is negative.
+    """
+    if (round_seed is None) == (secret is None):
+        raise ValueError("give exactly one of round_seed (simulation) and secret (deployment)")
+    if secret is not None:
+        streams.start_secret(secret)
+        return
+    assert round_seed is not None
+    if round_seed < 0:
+        raise ValueError(f"round_seed must be >= 0; got {round_seed}")
+    streams.start_seeded(seed=seed, round_seed=round_seed)
+
+
+def epoch_batches(
+    streams: RoundStreams, num_examples: int, batch_size: int, sample_rate: float | None
+) -> Iterable[torch.Tensor]:
+    """One epoch's batches: ``n // batch_size`` Poisson batches under DP, else shuffled minibatches."""
+    if sample_rate is None:
+        return streams.shuffled_batches(num_examples, batch_size)
+    return streams.poisson_batches(num_examples, sample_rate=sample_rate, steps=num_examples // batch_size)
+
+
+class StreamDPOptimizer(DPOptimizer):  # type: ignore[misc]
+    """Opacus' ``DPOptimizer`` drawing its Gaussian noise from the trainer's round streams.
+
+    In a seeded round Opacus draws the noise with the streams' torch generator, exactly as
+    ``DPOptimizer`` does. In a secret round each step's noise is
+    ``streams.secret_noise.normal(0, z * C)`` (ChaCha20, floating-point mitigation), and
+    ``secure_mode`` is set, so no draw comes from a generator anyone else can seed.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, streams: RoundStreams, **kwargs: object) -> None:
+        super().__init__(optimizer, generator=streams.noise_generator, **kwargs)
+        self._streams = streams
+
+    def add_noise(self) -> None:
+        """Add the step's noise to the clipped, summed gradients (Opacus' step 2)."""
+        source = self._streams.secret_noise
+        self.secure_mode = source is not None
+        if source is None:
+            super().add_noise()
+            return
+        std = float(self.noise_multiplier * self.max_grad_norm)
+        for p in self.params:
+            summed = p.summed_grad
+            noise = torch.from_numpy(source.normal(0.0, std, size=tuple(summed.shape)))
+            p.grad = (summed + noise.to(dtype=summed.dtype, device=summed.device)).view_as(p)
