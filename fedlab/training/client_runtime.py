@@ -51,14 +51,7 @@ class ClientData:
 
 def optim_spec(config: RunConfig) -> OptimSpec:
     """The local optimizer settings of a run."""
-    t = config.train
-    return OptimSpec(
-        optimizer=t.optimizer,
-        lr=t.lr,
-        momentum=t.momentum,
-        local_epochs=t.local_epochs,
-        batch_size=t.batch_size,
-    )
+    return OptimSpec.from_config(config.train)
 
 
 def dp_spec(
