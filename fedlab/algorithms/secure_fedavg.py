@@ -26,15 +26,19 @@ Aborts: a round whose protocol aborts (too few clients at some stage, a survivor
 live neighbours, a malformed protocol message), whose cohort is below ``min_survivors`` or above the
 encoding's capacity, keeps the model unchanged, releases nothing and records why in the metrics
 (``aborted`` = stage, ``abort_reason``); the next round goes on. Under distributed DP the spend is
-committed (``FederationSpend(mechanism="skellam-ddp")``) only for rounds whose sum was unmasked,
-before the model is released; an aborted round released nothing and spends nothing.
+committed (``skellam-ddp`` against the server, ``skellam-ddp-released`` for readers of the released
+models; see :mod:`fedlab.privacy.skellam_release`) only for rounds whose sum was unmasked, before
+the model is released; an aborted round released nothing and spends nothing. Before decoding, the
+server tops the sum's noise up to the cohort cap.
 
 What this stops: the server learning any client's update (only the sum of at least
-``min_survivors`` inputs is ever unmasked); with distributed DP, anyone (the server included)
-learning more about a client's participation than the ledger's epsilon. What it does not stop:
-see :mod:`fedlab.secagg` (malicious server beyond SecAgg+, Sybils, poisoning) and
-:mod:`fedlab.privacy.skellam` (clients withholding noise). Per-client public metadata (number of
-examples, the client's own DP-SGD spend) still reaches the server.
+``min_survivors`` inputs is ever unmasked); with distributed DP, the server learning more about a
+client's update than ``skellam-ddp``'s epsilon (zero-out: it knows who took part), and readers of
+the released models learning more about a client's participation than ``skellam-ddp-released``'s.
+What it does not stop: see :mod:`fedlab.secagg` (malicious server beyond SecAgg+, Sybils,
+poisoning) and :mod:`fedlab.privacy.skellam` (clients withholding noise); who took part is known to
+the server. Per-client public metadata (number of examples and the client's own DP-SGD spend under
+plain SecAgg+; nothing under distributed DP) still reaches the server.
 
 The transport protocol (:class:`SecureTransport`): ``available_clients()`` and
 ``stage(request) -> StageReplies``. ``request.messages`` maps a client id to its stage message

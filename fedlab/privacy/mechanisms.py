@@ -27,9 +27,10 @@ Threat model: this protects each client's participation against anyone who sees
 only the released (noised) aggregates, including later rounds' participants.
 It does not protect against the server itself (it sees the sum before the noise;
 combine with secure aggregation for that), does not stop poisoning by a client
-whose update is within the bound, and draws noise from the numpy generator it
-is given, which is not cryptographically secure and ignores floating-point
-attacks on the noise (Mironov 2012): use a secure source in deployment.
+whose update is within the bound, and draws noise from the stream it is given:
+a seeded numpy generator is reproducible by whoever knows its seed and ignores
+floating-point attacks on the noise (Mironov 2012); in deployment pass a
+:class:`~fedlab.privacy.secure_random.SecureRandom` (ChaCha20, with the mitigation).
 """
 
 from __future__ import annotations

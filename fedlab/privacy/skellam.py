@@ -31,10 +31,14 @@ the Gaussian at the same noise; with subsampling (q < 1) the generic
 amplification bound, not the mechanism, costs up to about 25% epsilon over the
 exact subsampled-Gaussian accountant (see :func:`poisson_subsampled_rdp`).
 
-Threat model. It protects every client's participation against an
-honest-but-curious server, and anyone who sees the aggregates or the released
-model, *provided* the secure aggregation reveals only the modular sum and at
-least ``min_survivors`` clients' noise shares are in it. It does **not** protect:
+Threat model. It protects every client's update against an honest-but-curious
+server under zero-out adjacency (the server knows who took part; the client's
+update is replaced by zero, its noise share stays), and anyone after it,
+*provided* the secure aggregation reveals only the modular sum and at least
+``min_survivors`` clients' noise shares are in it. Under add/remove adjacency a
+client's absence also removes its noise share, which the accounting here does
+not cover: :mod:`fedlab.privacy.skellam_release` tops the noise up before a sum
+is released and accounts both adjacencies. It does **not** protect:
 
 - when fewer than ``min_survivors`` clients survive (the total noise is then
   below the calibrated level): the server must check :func:`noise_is_sufficient`

@@ -26,6 +26,8 @@ Randomness: every key, seed, nonce, rounding and noise draw comes from one
 (:func:`stage_source` with ``seed=None``). In simulation :func:`stage_source` derives a seeded
 source from the run seed, the public round seed, the client id and the stage, so runs are
 reproducible; anyone who knows the run seed (the simulator) then knows every mask: simulation only.
+DP-SGD training at stage 2 likewise draws its batches and noise from a fresh client secret in
+deployment (:func:`~fedlab.training.randomness.fresh_secret`), from seeds in simulation.
 
 Threat model (beyond :mod:`fedlab.secagg`): stops a server that replays a stage, skips one, mixes
 rounds, or asks for unmasking twice on the same state (the state names the round and the next
