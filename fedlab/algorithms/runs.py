@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,15 +15,15 @@ from fedlab.algorithms.federation import ClientTransport, FedAvgSettings, RoundR
 from fedlab.algorithms.secure_fedavg import (
     SecureFedAvgSettings,
     SecureTransport,
-    ddp_params,
     fixed_point_codec,
-    run_secure_fedavg,
 )
+from fedlab.algorithms.secure_loop import run_secure_fedavg
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError
 from fedlab.privacy.adaptive_clipping import AdaptiveClipState
 from fedlab.privacy.calibration import calibrate_noise_multiplier
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
+from fedlab.privacy.skellam import SkellamParams, calibrate_skellam_noise_multiplier
 from fedlab.secagg.crypto import RandomSource, seeded_source
 
 
@@ -32,6 +33,57 @@ class RunOutcome:
 
     weights: list[np.ndarray]
     stopped_because: str
+
+
+def cohort_cap(expected: float, population: int, sample_rate: float) -> int:
+    """The largest Poisson cohort a distributed-DP round accepts: q*N + 4 standard deviations.
+
+    >>> cohort_cap(10.0, 10, 1.0)
+    10
+    """
+    spread = math.sqrt(max(expected * (1.0 - sample_rate), 0.0))
+    return min(population, math.ceil(expected + 4.0 * spread))
+
+
+def ddp_params(
+    *,
+    dim: int,
+    num_clients: int,
+    sample_rate: float,
+    rounds: int,
+    clip: float,
+    bits: int,
+    min_survivors: float,
+    delta: float,
+    noise_multiplier: float | None,
+    target_epsilon: float | None,
+) -> SkellamParams:
+    """Distributed-DP parameters; a target epsilon is calibrated for ``min_survivors`` x q*N survivors.
+
+    The target holds against the server (zero-out adjacency, no amplification by sampling: it
+    knows who took part), which also bounds the released-model epsilon (see
+    :mod:`fedlab.privacy.skellam_release`).
+
+    Raises:
+        ConfigError: If the configuration is infeasible (too few bits) or the target unreachable.
+
+    """
+    expected = sample_rate * num_clients
+    cap = cohort_cap(expected, num_clients, sample_rate)
+    survivors = min(cap, max(2, math.ceil(min_survivors * expected - 1e-9)))
+    try:
+        if noise_multiplier is None:
+            assert target_epsilon is not None
+            noise_multiplier = calibrate_skellam_noise_multiplier(
+                target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, steps=rounds,
+                clip=clip, num_clients=cap, min_survivors=survivors, bits=bits, dim=dim,
+            )  # fmt: skip
+        return SkellamParams(
+            clip=clip, noise_multiplier=noise_multiplier, num_clients=cap, min_survivors=survivors,
+            bits=bits, dim=dim,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"dp (distributed): {exc}") from None
 
 
 def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings:
@@ -162,7 +214,7 @@ def run_configured(
     """Run the round loop the config asks for (FedAvg, user-level DP-FedAvg, or secure aggregation).
 
     With ``secagg.enabled`` the transport must be a :class:`SecureTransport` (it runs the SecAgg+
-    stages); the loop is :func:`~fedlab.algorithms.secure_fedavg.run_secure_fedavg`, with distributed
+    stages); the loop is :func:`~fedlab.algorithms.secure_loop.run_secure_fedavg`, with distributed
     DP when ``dp.mode = "distributed"``.
 
     Args:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -62,18 +61,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from fedlab.algorithms.federation import RoundRecorder, round_seed
+from fedlab.algorithms.federation import round_seed
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update, example_weight
-from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
 from fedlab.privacy.skellam import (
-    SkellamAccountant,
     SkellamEvent,
     SkellamParams,
-    calibrate_skellam_noise_multiplier,
     noise_is_sufficient,
 )
 from fedlab.privacy.skellam_release import (
@@ -264,57 +260,6 @@ class SecureFedAvgSettings:
             SERVER_VIEW: server_view_event(self.ddp),
             RELEASED_VIEW: released_view_event(self.ddp, sample_rate=self.fraction_train),
         }
-
-
-def cohort_cap(expected: float, population: int, sample_rate: float) -> int:
-    """The largest Poisson cohort a distributed-DP round accepts: q*N + 4 standard deviations.
-
-    >>> cohort_cap(10.0, 10, 1.0)
-    10
-    """
-    spread = math.sqrt(max(expected * (1.0 - sample_rate), 0.0))
-    return min(population, math.ceil(expected + 4.0 * spread))
-
-
-def ddp_params(
-    *,
-    dim: int,
-    num_clients: int,
-    sample_rate: float,
-    rounds: int,
-    clip: float,
-    bits: int,
-    min_survivors: float,
-    delta: float,
-    noise_multiplier: float | None,
-    target_epsilon: float | None,
-) -> SkellamParams:
-    """Distributed-DP parameters; a target epsilon is calibrated for ``min_survivors`` x q*N survivors.
-
-    The target holds against the server (zero-out adjacency, no amplification by sampling: it
-    knows who took part), which also bounds the released-model epsilon (see
-    :mod:`fedlab.privacy.skellam_release`).
-
-    Raises:
-        ConfigError: If the configuration is infeasible (too few bits) or the target unreachable.
-
-    """
-    expected = sample_rate * num_clients
-    cap = cohort_cap(expected, num_clients, sample_rate)
-    survivors = min(cap, max(2, math.ceil(min_survivors * expected - 1e-9)))
-    try:
-        if noise_multiplier is None:
-            assert target_epsilon is not None
-            noise_multiplier = calibrate_skellam_noise_multiplier(
-                target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, steps=rounds,
-                clip=clip, num_clients=cap, min_survivors=survivors, bits=bits, dim=dim,
-            )  # fmt: skip
-        return SkellamParams(
-            clip=clip, noise_multiplier=noise_multiplier, num_clients=cap, min_survivors=survivors,
-            bits=bits, dim=dim,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise ConfigError(f"dp (distributed): {exc}") from None
 
 
 def fixed_point_codec(*, bits: int, clip: float, max_summands: int) -> FixedPointCodec:
@@ -530,122 +475,3 @@ def _drive(
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecureFedAvgOutcome:
-    """How a secure run ended."""
-
-    weights: list[np.ndarray]
-    rounds_completed: int
-    rounds_aborted: int
-    epsilon: float | None
-    stopped_because: str
-
-
-def run_secure_fedavg(
-    *,
-    transport: SecureTransport,
-    recorder: RoundRecorder,
-    initial_weights: Sequence[np.ndarray],
-    settings: SecureFedAvgSettings,
-    source: RandomSource,
-    sample_rng: RandomStream,
-) -> SecureFedAvgOutcome:
-    """Run federated averaging under SecAgg+ (and distributed DP if ``settings.ddp``).
-
-    Epsilon (distributed DP) is computed once per round on the server, for each adversary of
-    :meth:`SecureFedAvgSettings.round_events`, and committed to the ledger through the recorder
-    before the round's model is released; an aborted round commits nothing and releases the
-    unchanged model. The run's epsilon, and the budget guard, are the server view's.
-
-    Args:
-        transport: Carries the stages (see :class:`SecureTransport`).
-        recorder: Commits spending, then releases each round's model.
-        initial_weights: The starting global model.
-        settings: The run's settings.
-        source: Server randomness (graph seeds, the noise top-up): ``os.urandom`` in deployment,
-            seeded in simulation.
-        sample_rng: Draws each round's cohort: a secret stream in deployment, so that nobody who
-            knows the config can tell who took part; seeded in simulation.
-
-    Returns:
-        The final weights, rounds completed and aborted, epsilon spent and why the run stopped.
-
-    """
-    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
-    accountants = (
-        {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
-    )
-    epsilon: float | None = 0.0 if accountants else None
-    aborted = 0
-    recorder.start()
-    for round_num in range(1, settings.rounds + 1):
-        planned = _planned_epsilons(accountants, settings)
-        if planned and settings.max_epsilon is not None and planned[SERVER_VIEW] > settings.max_epsilon:
-            reason = (
-                f"privacy budget: round {round_num} would raise epsilon to {planned[SERVER_VIEW]:.4g} "
-                f"> max_epsilon {settings.max_epsilon:g}"
-            )
-            return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
-        started = time.perf_counter()
-        sampled = settings.sample(transport.available_clients(), sample_rng)
-        outcome = secure_round(
-            transport, settings, round_num=round_num, sampled=sampled, weights=weights, source=source
-        )
-        federation: list[FederationSpend] = []
-        if outcome.mean_delta is None:
-            aborted += 1
-        else:
-            weights = [
-                (w.astype(np.float64) + d).astype(np.float32)
-                for w, d in zip(weights, outcome.mean_delta, strict=True)
-            ]
-            federation = _compose_round(accountants, settings, planned)
-            if planned:
-                epsilon = planned[SERVER_VIEW]
-        recorder.release_round(
-            round_num,
-            weights,
-            outcome.reports,
-            seconds=time.perf_counter() - started,
-            extra=outcome.extra,
-            federation=federation,
-        )
-    return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
-
-
-def _planned_epsilons(
-    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings
-) -> dict[str, float]:
-    """Each view's epsilon if the next round is released (empty without distributed DP)."""
-    planned: dict[str, float] = {}
-    if settings.ddp is None:
-        return planned
-    for name, event in settings.round_events().items():
-        trial = SkellamAccountant()
-        for earlier in (*accountants[name].events(), event):
-            trial.compose(earlier)
-        planned[name] = trial.epsilon(delta=settings.delta)
-    return planned
-
-
-def _compose_round(
-    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings, planned: Mapping[str, float]
-) -> list[FederationSpend]:
-    """Compose a released round into each view's accountant; the ledger's federation spends."""
-    if settings.ddp is None:
-        return []
-    spends = []
-    for name, event in settings.round_events().items():
-        accountants[name].compose(event)
-        spends.append(
-            FederationSpend(
-                mechanism=name,
-                noise_multiplier=settings.ddp.noise_multiplier,
-                sample_rate=event.sample_rate,
-                steps=1,
-                epsilon=planned[name],
-            )
-        )
-    return spends

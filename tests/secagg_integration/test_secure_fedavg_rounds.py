@@ -15,9 +15,9 @@ from fedlab.algorithms.secure_fedavg import (
     MaskedReply,
     StageRequest,
     fixed_point_codec,
-    run_secure_fedavg,
     secure_round,
 )
+from fedlab.algorithms.secure_loop import run_secure_fedavg
 from fedlab.core.config import RunConfig, config_from_dict
 from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import RoundMetrics

@@ -1,0 +1,141 @@
+"""The secure FedAvg run loop: rounds of :func:`~fedlab.algorithms.secure_fedavg.secure_round`, accounted.
+
+Each round: check the budget guard, sample the cohort, run the secure round, apply its mean delta
+and (distributed DP) commit the round's spend for each adversary's view through the recorder
+before the round's model is released.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedlab.algorithms.federation import RoundRecorder
+from fedlab.algorithms.secure_fedavg import SecureFedAvgSettings, SecureTransport, secure_round
+from fedlab.privacy.ledger import FederationSpend
+from fedlab.privacy.secure_random import RandomStream
+from fedlab.privacy.skellam import SkellamAccountant
+from fedlab.privacy.skellam_release import SERVER_VIEW
+from fedlab.secagg.crypto import RandomSource
+
+
+@dataclass(frozen=True)
+class SecureFedAvgOutcome:
+    """How a secure run ended."""
+
+    weights: list[np.ndarray]
+    rounds_completed: int
+    rounds_aborted: int
+    epsilon: float | None
+    stopped_because: str
+
+
+def run_secure_fedavg(
+    *,
+    transport: SecureTransport,
+    recorder: RoundRecorder,
+    initial_weights: Sequence[np.ndarray],
+    settings: SecureFedAvgSettings,
+    source: RandomSource,
+    sample_rng: RandomStream,
+) -> SecureFedAvgOutcome:
+    """Run federated averaging under SecAgg+ (and distributed DP if ``settings.ddp``).
+
+    Epsilon (distributed DP) is computed once per round on the server, for each adversary of
+    :meth:`SecureFedAvgSettings.round_events`, and committed to the ledger through the recorder
+    before the round's model is released; an aborted round commits nothing and releases the
+    unchanged model. The run's epsilon, and the budget guard, are the server view's.
+
+    Args:
+        transport: Carries the stages (see :class:`SecureTransport`).
+        recorder: Commits spending, then releases each round's model.
+        initial_weights: The starting global model.
+        settings: The run's settings.
+        source: Server randomness (graph seeds, the noise top-up): ``os.urandom`` in deployment,
+            seeded in simulation.
+        sample_rng: Draws each round's cohort: a secret stream in deployment, so that nobody who
+            knows the config can tell who took part; seeded in simulation.
+
+    Returns:
+        The final weights, rounds completed and aborted, epsilon spent and why the run stopped.
+
+    """
+    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    accountants = (
+        {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
+    )
+    epsilon: float | None = 0.0 if accountants else None
+    aborted = 0
+    recorder.start()
+    for round_num in range(1, settings.rounds + 1):
+        planned = _planned_epsilons(accountants, settings)
+        if planned and settings.max_epsilon is not None and planned[SERVER_VIEW] > settings.max_epsilon:
+            reason = (
+                f"privacy budget: round {round_num} would raise epsilon to {planned[SERVER_VIEW]:.4g} "
+                f"> max_epsilon {settings.max_epsilon:g}"
+            )
+            return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
+        started = time.perf_counter()
+        sampled = settings.sample(transport.available_clients(), sample_rng)
+        outcome = secure_round(
+            transport, settings, round_num=round_num, sampled=sampled, weights=weights, source=source
+        )
+        federation: list[FederationSpend] = []
+        if outcome.mean_delta is None:
+            aborted += 1
+        else:
+            weights = [
+                (w.astype(np.float64) + d).astype(np.float32)
+                for w, d in zip(weights, outcome.mean_delta, strict=True)
+            ]
+            federation = _compose_round(accountants, settings, planned)
+            if planned:
+                epsilon = planned[SERVER_VIEW]
+        recorder.release_round(
+            round_num,
+            weights,
+            outcome.reports,
+            seconds=time.perf_counter() - started,
+            extra=outcome.extra,
+            federation=federation,
+        )
+    return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
+
+
+def _planned_epsilons(
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings
+) -> dict[str, float]:
+    """Each view's epsilon if the next round is released (empty without distributed DP)."""
+    planned: dict[str, float] = {}
+    if settings.ddp is None:
+        return planned
+    for name, event in settings.round_events().items():
+        trial = SkellamAccountant()
+        for earlier in (*accountants[name].events(), event):
+            trial.compose(earlier)
+        planned[name] = trial.epsilon(delta=settings.delta)
+    return planned
+
+
+def _compose_round(
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings, planned: Mapping[str, float]
+) -> list[FederationSpend]:
+    """Compose a released round into each view's accountant; the ledger's federation spends."""
+    if settings.ddp is None:
+        return []
+    spends = []
+    for name, event in settings.round_events().items():
+        accountants[name].compose(event)
+        spends.append(
+            FederationSpend(
+                mechanism=name,
+                noise_multiplier=settings.ddp.noise_multiplier,
+                sample_rate=event.sample_rate,
+                steps=1,
+                epsilon=planned[name],
+            )
+        )
+    return spends
