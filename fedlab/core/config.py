@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fedlab.core.errors import ConfigError
+from fedlab.core.toml_input import apply_overrides as apply_overrides
+from fedlab.core.toml_input import read_toml as read_toml
 
 DATASETS = ("digits", "synthetic", "files")
 PARTITIONERS = ("iid", "dirichlet", "shards")
@@ -480,50 +481,6 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
             raise _fail(name, f"unknown section (known: {', '.join(sections)})")
         built[name] = _build_section(name, sections[name], table)
     return RunConfig(**built)
-
-
-def _parse_override(item: str) -> tuple[str, str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected section.key=value")
-    dotted, text = item.split("=", 1)
-    parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {item!r}: expected section.key=value")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    return parts[0], parts[1], value
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``section.key=value`` overrides applied.
-
-    Values are read as TOML literals (``0.5``, ``true``, ``"x"``); anything that is
-    not a TOML literal is taken as a string.
-
-    >>> apply_overrides({"run": {"rounds": 3}}, ["run.rounds=5", "model.kind=mlp"])
-    {'run': {'rounds': 5}, 'model': {'kind': 'mlp'}}
-    """
-    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
-    for item in overrides:
-        section, key, value = _parse_override(item)
-        table = merged.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise _fail(section, "must be a table")
-        table[key] = value
-    return merged
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file, turning a missing or malformed file into a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def load_config(path: Path, overrides: Sequence[str] = ()) -> RunConfig:
