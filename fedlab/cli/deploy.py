@@ -124,6 +124,20 @@ def client(
     max_epsilon: Annotated[
         float | None, typer.Option("--max-epsilon", help="Never spend more (default: no limit).")
     ] = None,
+    delta: Annotated[
+        float | None,
+        typer.Option(
+            "--delta",
+            help="Compute epsilon at this delta, in (0, 0.1] (default 1e-5); refuse runs with a larger one.",
+        ),
+    ] = None,
+    allow_non_private: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-private",
+            help="Also train rounds without DP (dp.mode = none): noiseless releases, infinite epsilon.",
+        ),
+    ] = False,
     device_id: Annotated[
         str | None, typer.Option("--device-id", help="Stable identity (default: key name).")
     ] = None,
@@ -161,6 +175,7 @@ def client(
         _fail("--server and --data are required (or set them in --settings)", USER_ERROR)
     key_value = Path(key_path) if key_path is not None else None
     max_eps = pick(max_epsilon, "max_epsilon")
+    device_delta = pick(delta, "delta", 1e-5)
     launch = ClientLaunch(
         server=str(address),
         root_cert=Path(pick(root_cert, "root_cert")) if pick(root_cert, "root_cert") is not None else None,
@@ -169,6 +184,8 @@ def client(
         state_dir=Path(pick(state_dir, "state_dir", "fedlab-state")),
         device_id=str(pick(device_id, "device_id", key_value.stem if key_value else "device")),
         max_epsilon=float(max_eps) if max_eps is not None else math.inf,
+        delta=float(device_delta),
+        allow_non_private=allow_non_private or bool(file.get("allow_non_private", False)),
         insecure=insecure,
         max_retries=pick(max_retries, "max_retries"),
         max_wait_time=pick(max_wait_time, "max_wait_time", 300.0),

@@ -711,9 +711,15 @@ def _follow_metrics(path: Path, rounds: int, log: LineSink, done: threading.Even
             seen += 1
             eps = row.get("epsilon_max")
             eps_text = f"{eps:.3f}" if isinstance(eps, (int, float)) else "-"
+            # Under user-level DP the run directory withholds the counts: nothing to print then.
+            counts = (
+                ""
+                if row.get("clients") is None
+                else (f", {row.get('clients')} clients, {row.get('failures')} failures")
+            )
             log(
                 f"round {row.get('round')}/{rounds}: accuracy {row.get('accuracy', float('nan')):.4f}, "
-                f"client epsilon max {eps_text}, {row.get('clients')} clients, {row.get('failures')} failures"
+                f"epsilon max {eps_text}{counts}"
             )
         if finished:
             return
@@ -735,6 +741,10 @@ class ClientLaunch:
         state_dir: Its budget, Flower home and logs.
         device_id: Its stable identity (default: the key file's name).
         max_epsilon: Its maximum epsilon (``inf``: no limit).
+        delta: The delta its epsilon is computed at, in (0, 0.1]; runs with a larger ``dp.delta``
+            are refused.
+        allow_non_private: Also release rounds without DP (``dp.mode = "none"``); with a finite
+            ``max_epsilon`` they are over budget anyway (infinite epsilon).
         insecure: Plaintext (development only; no node authentication).
         max_retries: Reconnection attempts (``None``: unlimited).
         max_wait_time: Seconds to keep reconnecting (``None``: unlimited).
@@ -751,6 +761,8 @@ class ClientLaunch:
     state_dir: Path
     device_id: str
     max_epsilon: float = math.inf
+    delta: float = 1e-5
+    allow_non_private: bool = False
     insecure: bool = False
     max_retries: int | None = None
     max_wait_time: float | None = 300.0
@@ -767,7 +779,8 @@ def check_client_launch(launch: ClientLaunch) -> None:
     """Detect what can be detected before launching (one line each).
 
     Raises:
-        DeploymentError: Bad address, missing or unusable certificate or key, missing data.
+        DeploymentError: Bad address, missing or unusable certificate or key, missing data, a
+            maximum epsilon, delta or heartbeat interval out of range.
     """
     if not _ADDRESS.match(launch.server):
         raise DeploymentError(f"--server: expected HOST:PORT; got {launch.server!r}")
@@ -782,6 +795,8 @@ def check_client_launch(launch: ClientLaunch) -> None:
         raise DeploymentError(f"--data: data not found: {launch.data}")
     if not (launch.max_epsilon > 0):
         raise DeploymentError(f"--max-epsilon: must be > 0; got {launch.max_epsilon!r}")
+    if not (0.0 < launch.delta <= 0.1):
+        raise DeploymentError(f"--delta: must be in (0, 0.1]; got {launch.delta!r}")
     low, high = HEARTBEAT_BOUNDS
     if not low <= launch.heartbeat_interval <= high:
         raise DeploymentError(
@@ -794,12 +809,18 @@ def _toml_string(value: str) -> str:
 
 
 def node_config(launch: ClientLaunch) -> str:
-    """The SuperNode's ``--node-config``: the device settings the ClientApp reads."""
+    """The SuperNode's ``--node-config``: the device settings the ClientApp reads.
+
+    Its budget rule (``max-epsilon``, 0 for no limit; ``delta``; ``allow-non-private``) travels
+    here, set by the device's owner, never in the run config the server stages.
+    """
     items = [
         f"data-path={_toml_string(str(launch.data.resolve()))}",
         f"state-dir={_toml_string(str(launch.state_dir.resolve()))}",
         f"device-id={_toml_string(launch.device_id)}",
         f"max-epsilon={0.0 if math.isinf(launch.max_epsilon) else float(launch.max_epsilon)!r}",
+        f"delta={float(launch.delta)!r}",
+        f"allow-non-private={'true' if launch.allow_non_private else 'false'}",
         f"label-column={_toml_string(launch.label_column)}",
     ]
     if launch.feature_shape:
@@ -974,7 +995,8 @@ def read_device_settings(path: Path) -> dict[str, Any]:
     """Read a device settings file (``clients/device.toml``): its ``[device]`` table.
 
     Raises:
-        ConfigError: On a missing file, bad TOML or unknown keys.
+        ConfigError: On a missing file, bad TOML, unknown keys, or ``delta`` / ``allow_non_private``
+            of the wrong type.
     """
     known = {
         "server",
@@ -984,6 +1006,8 @@ def read_device_settings(path: Path) -> dict[str, Any]:
         "state_dir",
         "device_id",
         "max_epsilon",
+        "delta",
+        "allow_non_private",
         "max_retries",
         "max_wait_time",
         "feature_shape",
@@ -1003,6 +1027,12 @@ def read_device_settings(path: Path) -> dict[str, Any]:
     for key in table:
         if key not in known:
             raise ConfigError(f"device.{key}: unknown key (known: {', '.join(sorted(known))})")
+    delta = table.get("delta", 1e-5)
+    if isinstance(delta, bool) or not isinstance(delta, int | float):
+        raise ConfigError(f"device.delta: must be a number in (0, 0.1]; got {delta!r}")
+    allow = table.get("allow_non_private", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"device.allow_non_private: must be true or false; got {allow!r}")
     base = path.resolve().parent
     for key in ("root_cert", "key", "data", "state_dir"):
         if key in table:

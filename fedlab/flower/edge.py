@@ -1,27 +1,31 @@
 """The edge client: a device's own data, its own persistent privacy budget, its own refusal.
 
 A SuperNode started by ``fedlab client`` carries the device settings in its node
-config (``data-path``, ``state-dir``, ``device-id``, ``max-epsilon`` and optionally
-``feature-shape``, ``num-classes``, ``label-column``). The ClientApp then serves that
-device with :class:`EdgeClient`; without those keys it serves a simulation partition.
+config (``data-path``, ``state-dir``, ``device-id``, ``max-epsilon``, ``delta``,
+``allow-non-private`` and optionally ``feature-shape``, ``num-classes``,
+``label-column``). The ClientApp then serves that device with :class:`EdgeClient`;
+without those keys it serves a simulation partition.
 
-Budget rule (the device owner's guarantee, independent of the server): before
-training, the client computes the epsilon it would have after the round — its whole
-persisted history plus the round's planned Poisson steps, with the same accountant
-the training uses — and refuses the round if that exceeds ``max-epsilon``. After
-training, the round is committed to ``STATE/budget.sqlite`` *before* the reply with
-the update is returned to Flower, so a crash never loses a released round. A device
-never trains a round twice: a round already in its budget (a restarted device asked
-again for the round it released just before it died) is refused before training.
+Budget rule (the owner's guarantee, independent of the server; :mod:`fedlab.training.device_budget`):
+before training, the client computes the epsilon it would have after the round (its whole history
+plus the round's charge, at its *own* delta) and refuses the round if that exceeds ``max-epsilon``;
+it also refuses a run whose ``dp.delta`` exceeds its delta, a noiseless round unless started with
+``--allow-non-private``, and a round already in its budget (never twice). The round's release and
+charge are committed to ``STATE/budget.sqlite`` *before* the reply leaves, so a crash never loses
+a released round. A refusal is one line, logged, answered with :data:`BUDGET_REFUSED` and (except
+"already released") kept in the budget file; nothing computed from the data leaves.
 
-Under secure aggregation (``train.secagg`` stage messages) the same rule applies: the
-device refuses to join a round at the key-advertising stage, and checks again at the
-masked-input stage, where it trains; that round is committed before the masked input
+Under secure aggregation (``train.secagg`` stage messages) the same rule applies: the device
+refuses to join a round at the key-advertising stage (from the encoding stage 0 announces)
+and checks again at the masked-input stage, where it trains (distributed DP: the stage-2
+encoding must be the one stage 0 announced); the round is committed before the masked input
 is returned.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
 from fedlab.core.config import RunConfig
@@ -52,11 +56,22 @@ from fedlab.flower.client import (
 )
 from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
 from fedlab.flower.secure_transport import weights_of
-from fedlab.privacy.client_budget import ClientBudget, RefusalRow, SpendRow
+from fedlab.privacy.client_budget import ClientBudget, RefusalRow
+from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import SecAggError, Stage
-from fedlab.training.accounting import PrivacyStep, epsilon_from_history
-from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime, dp_spec, optim_spec
-from fedlab.training.local import poisson_plan
+from fedlab.training.accounting import PrivacyStep
+from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime
+from fedlab.training.device_budget import (
+    DEFAULT_DELTA,
+    MAX_DELTA,
+    Charge,
+    DevicePolicy,
+    RoundDecision,
+    commit,
+    decide,
+    dpsgd_history,
+    round_charge,
+)
 from fedlab.training.randomness import fresh_secret
 from fedlab.training.secure_client import SecureClient, parse_call
 
@@ -66,11 +81,15 @@ DATA_PATH = "data-path"
 STATE_DIR = "state-dir"
 DEVICE_ID = "device-id"
 MAX_EPSILON = "max-epsilon"
+DELTA = "delta"
+ALLOW_NON_PRIVATE = "allow-non-private"
 FEATURE_SHAPE = "feature-shape"
 NUM_CLASSES = "num-classes"
 LABEL_COLUMN = "label-column"
 BUDGET_FILE = "budget.sqlite"
 BUDGET_REFUSED = 4001  # the Error code of a refusal (outside Flower's own codes)
+ANNOUNCED = "fedlab-device-round"
+"""Context-state record of the encoding stage 0 announced (distributed DP), checked at stage 2."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,8 @@ class DeviceSettings:
         data_path: Its local data (folder of class folders, CSV or Parquet).
         state_dir: Where its budget file lives.
         max_epsilon: The most it will ever spend (``inf``: no limit).
+        delta: Every epsilon is computed at this delta, in (0, 0.1]; a run with a larger one is refused.
+        allow_non_private: Whether it releases noiseless rounds (``dp.mode = "none"``).
         feature_shape: Reshape each example to this (e.g. ``(1, 8, 8)``), or keep.
         num_classes: Number of classes of the task, or as found in the data.
         label_column: Label column of a table.
@@ -91,6 +112,8 @@ class DeviceSettings:
     data_path: Path
     state_dir: Path
     max_epsilon: float = math.inf
+    delta: float = DEFAULT_DELTA
+    allow_non_private: bool = False
     feature_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     label_column: str = "label"
@@ -99,6 +122,13 @@ class DeviceSettings:
     def budget_path(self) -> Path:
         """The device's budget file."""
         return self.state_dir / BUDGET_FILE
+
+    @property
+    def policy(self) -> DevicePolicy:
+        """The device's budget rule."""
+        return DevicePolicy(
+            max_epsilon=self.max_epsilon, delta=self.delta, allow_non_private=self.allow_non_private
+        )
 
 
 def is_device_node(node_config: Mapping[str, Any]) -> bool:
@@ -123,6 +153,15 @@ def device_settings(node_config: Mapping[str, Any]) -> DeviceSettings:
     Traceback (most recent call last):
     ...
     fedlab.core.errors.ConfigError: node config 'max-epsilon': must be > 0 (or 0 for no limit); got -2
+    >>> device_settings({"data-path": "d.csv", "state-dir": "s", "device-id": "pi-1", "delta": 0.5})
+    Traceback (most recent call last):
+    ...
+    fedlab.core.errors.ConfigError: node config 'delta': must be in (0, 0.1]; got 0.5
+    >>> device_settings({"data-path": "d.csv", "state-dir": "s", "device-id": "pi-1",
+    ...                  "allow-non-private": "yes"})
+    Traceback (most recent call last):
+    ...
+    fedlab.core.errors.ConfigError: node config 'allow-non-private': must be true or false; got 'yes'
     """
     raw_max = node_config.get(MAX_EPSILON, 0.0)
     if isinstance(raw_max, bool) or not isinstance(raw_max, (int, float)) or math.isnan(raw_max):
@@ -138,6 +177,12 @@ def device_settings(node_config: Mapping[str, Any]) -> DeviceSettings:
             raise ConfigError(
                 f"node config {FEATURE_SHAPE!r}: expected e.g. '1,8,8'; got {shape_text!r}"
             ) from None
+    delta = node_config.get(DELTA, DEFAULT_DELTA)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 < delta <= MAX_DELTA:
+        raise ConfigError(f"node config {DELTA!r}: must be in (0, {MAX_DELTA:g}]; got {delta!r}")
+    allow = node_config.get(ALLOW_NON_PRIVATE, False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"node config {ALLOW_NON_PRIVATE!r}: must be true or false; got {allow!r}")
     classes = node_config.get(NUM_CLASSES)
     if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 2):
         raise ConfigError(f"node config {NUM_CLASSES!r}: must be an integer >= 2; got {classes!r}")
@@ -146,6 +191,8 @@ def device_settings(node_config: Mapping[str, Any]) -> DeviceSettings:
         data_path=Path(_text(node_config, DATA_PATH)),
         state_dir=Path(_text(node_config, STATE_DIR)),
         max_epsilon=float(raw_max) if raw_max > 0 else math.inf,
+        delta=float(delta),
+        allow_non_private=allow,
         feature_shape=shape,
         num_classes=classes if isinstance(classes, int) else None,
         label_column=_text(node_config, LABEL_COLUMN, "label"),
@@ -208,63 +255,96 @@ class EdgeDataSource:
         )
 
 
+class _RefusedError(Exception):
+    """A round the device refuses; the message is the one-line reason it answers with."""
+
+
 @dataclass(frozen=True)
-class BudgetDecision:
-    """What the device's budget says about the next round.
+class DeviceRound:
+    """One round a device is asked for: budget file, settings (its rule), the run's config, the round."""
 
-    Attributes:
-        planned_epsilon: Epsilon after the round, if trained as planned.
-        allowed: Whether that stays within the device's maximum.
-    """
+    budget: ClientBudget
+    settings: DeviceSettings
+    config: RunConfig
+    run_id: int
+    server_round: int
 
-    planned_epsilon: float
-    allowed: bool
+    def refusal(self, why: str, decision: RoundDecision | None = None) -> _RefusedError:
+        """Log a refusal (and keep it in the budget file if the rule says so); the exception to raise."""
+        reason = f"device {self.settings.device_id} refuses round {self.server_round}: {why}"
+        if decision is not None and decision.on_record:
+            self.budget.record_refusal(
+                RefusalRow(
+                    run_id=self.run_id, server_round=self.server_round, planned_epsilon=decision.epsilon,
+                    max_epsilon=self.settings.max_epsilon, reason=why,
+                )
+            )  # fmt: skip
+        LOG.warning(reason)
+        return _RefusedError(reason)
+
+    def plan(
+        self,
+        data: ClientData,
+        calibrated: dict[CalibrationKey, float],
+        *,
+        values: Mapping[str, Any] | None = None,
+        encoding: object = None,
+    ) -> RoundDecision:
+        """The device's decision on the round, from what the server announced (or :class:`_RefusedError`)."""
+        try:
+            charge = round_charge(
+                self.config, num_examples=len(data.train), round_values=values, encoding=encoding,
+                calibrated=calibrated,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise self.refusal(str(exc)) from None
+        return self.check(charge)
+
+    def check(self, charge: Charge) -> RoundDecision:
+        """Apply the rule to ``charge``; raises :class:`_RefusedError` with the reason if it refuses."""
+        decision = decide(
+            self.budget, self.settings.policy, config=self.config, run_id=self.run_id,
+            server_round=self.server_round, charge=charge,
+        )  # fmt: skip
+        if decision.refusal is not None:
+            raise self.refusal(decision.refusal, decision)
+        return decision
+
+    def history(self) -> tuple[PrivacyStep, ...]:
+        """The accountant history the trainer continues (DP-SGD charges; none for other modes)."""
+        return dpsgd_history(self.budget) if self.config.dp.mode == "dpsgd" else ()
+
+    def commit(
+        self, decision: RoundDecision, *, before: Sequence[PrivacyStep], after: Sequence[PrivacyStep]
+    ) -> float:
+        """Commit the released round (DP-SGD: the steps actually taken); its epsilon. Before the reply."""
+        if self.config.dp.mode == "dpsgd":
+            spent = sum(s.steps for s in after) - sum(s.steps for s in before)
+            taken = after[-1] if after else None
+            if spent <= 0 or taken is None:
+                decision = dataclasses.replace(decision, charge=None)
+            elif decision.charge != (step := dataclasses.replace(taken, steps=spent)):
+                decision = self.check(step)  # what was taken, not what was planned, is charged
+        commit(self.budget, decision, run_id=self.run_id, server_round=self.server_round)
+        LOG.info(
+            "device %s: round %d released (%s), epsilon %.4f (max %g, delta %g)", self.settings.device_id,
+            self.server_round, decision.mechanism, decision.epsilon, self.settings.max_epsilon,
+            self.settings.delta,
+        )  # fmt: skip
+        return decision.epsilon
 
 
-def plan_round(
-    config: RunConfig,
-    num_examples: int,
-    history: tuple[PrivacyStep, ...],
-    *,
-    max_epsilon: float,
-    calibrated: dict[CalibrationKey, float] | None = None,
-) -> BudgetDecision:
-    """Decide whether the next round fits the device's budget.
-
-    Uses the same noise multiplier (calibrated as the trainer does), sample rate,
-    step count and accountant as the training, so the epsilon reported after the
-    round equals the planned one and never exceeds ``max_epsilon``.
-
-    Security: stops a server (honest but misconfigured, or malicious) from making the
-    device spend more than its owner allowed, however many rounds it asks for or
-    whatever it claims about earlier spending. Does not stop a server from learning
-    from the updates the device did send within its budget, nor a device owner from
-    deleting the budget file.
-    """
-    spec = dp_spec(config, num_examples, calibrated)
-    if spec is None:
-        # Without DP every release is noiseless: epsilon is infinite.
-        return BudgetDecision(planned_epsilon=math.inf, allowed=math.isinf(max_epsilon))
-    sample_rate, steps = poisson_plan(num_examples, optim_spec(config))
-    planned = (
-        *history,
-        PrivacyStep(noise_multiplier=spec.noise_multiplier, sample_rate=sample_rate, steps=steps),
-    )
-    epsilon = epsilon_from_history(planned, delta=spec.delta, accountant=spec.accountant)
-    return BudgetDecision(planned_epsilon=epsilon, allowed=epsilon <= max_epsilon)
+def _announce(context: Context, round_num: int, encoding: object) -> None:
+    """Keep the Skellam encoding stage 0 announced, to hold stage 2 to it."""
+    announced = json.dumps(encoding.to_dict()) if isinstance(encoding, SkellamParams) else ""
+    context.state.config_records[ANNOUNCED] = ConfigRecord({"round": round_num, "skellam": announced})
 
 
-def history_of(budget: ClientBudget) -> tuple[PrivacyStep, ...]:
-    """The device's accountant history, from its budget file."""
-    return tuple(
-        PrivacyStep(noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate, steps=s.steps)
-        for s in budget.spends()
-    )
-
-
-def already_released(budget: ClientBudget, run_id: int, server_round: int) -> bool:
-    """Whether the device's budget already holds this round of this run."""
-    return any(s.run_id == run_id and s.server_round == server_round for s in budget.spends())
+def _announced(context: Context, round_num: int) -> SkellamParams | None:
+    record = context.state.config_records.get(ANNOUNCED)
+    if record is None or record.get("round") != round_num or not record.get("skellam"):
+        return None
+    return SkellamParams.from_dict(json.loads(str(record["skellam"])))
 
 
 class EdgeClient:
@@ -276,45 +356,6 @@ class EdgeClient:
         self._calibrated: dict[CalibrationKey, float] = {}
         self._secure = SecureClient(self.runtime)  # os.urandom: keys and masks are never seeded here
 
-    def _refusal(
-        self,
-        budget: ClientBudget,
-        settings: DeviceSettings,
-        config: RunConfig,
-        data: ClientData,
-        context: Context,
-        server_round: int,
-    ) -> str | None:
-        """Why the device refuses ``server_round`` (already released, or over budget), or None.
-
-        An over-budget refusal is recorded in the budget file and logged.
-        """
-        run_id = int(context.run_id)
-        if already_released(budget, run_id, server_round):
-            reason = f"device {settings.device_id} already released round {server_round}; never twice"
-            LOG.warning(reason)
-            return reason
-        decision = plan_round(
-            config, len(data.train), history_of(budget), max_epsilon=settings.max_epsilon,
-            calibrated=self._calibrated,
-        )  # fmt: skip
-        if decision.allowed:
-            return None
-        reason = (
-            f"device {settings.device_id} refuses round {server_round}: its epsilon would reach "
-            f"{decision.planned_epsilon:.4f} > max epsilon {settings.max_epsilon:g} (budget spent)"
-        )
-        budget.record_refusal(
-            RefusalRow(
-                run_id=run_id,
-                server_round=server_round,
-                planned_epsilon=min(decision.planned_epsilon, 1e300),
-                max_epsilon=min(settings.max_epsilon, 1e300),
-            )
-        )
-        LOG.warning(reason)
-        return reason
-
     def train(self, msg: Message, context: Context) -> Message:
         """Train one round if the budget allows; else reply with an error saying why."""
         settings = self._source.settings(context)
@@ -323,34 +364,21 @@ class EdgeClient:
         round_config = msg.content.config_records[CONFIG]
         server_round = int(round_config["server-round"])  # type: ignore[arg-type]
         seed = int(round_config["round-seed"])  # type: ignore[arg-type]
+        clip = round_config.get("clip-norm")
         with ClientBudget.open(settings.budget_path) as budget:
-            history = history_of(budget)
-            reason = self._refusal(budget, settings, config, data, context, server_round)
-            if reason is not None:
-                return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
-            weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
-            report, after = self.runtime.train(
-                config, data, weights, history=history, round_seed=seed, secret=fresh_secret()
-            )
-            spent = sum(s.steps for s in after) - sum(s.steps for s in history)
-            if spent > 0:
-                budget.commit_spend(
-                    SpendRow(
-                        run_id=int(context.run_id),
-                        server_round=server_round,
-                        noise_multiplier=report.noise_multiplier,
-                        sample_rate=report.sample_rate,
-                        steps=spent,
-                        epsilon=report.epsilon,
-                    )
-                )
-            LOG.info(
-                "device %s: round %d trained, epsilon %.4f (max %g)",
-                settings.device_id,
-                server_round,
-                report.epsilon,
-                settings.max_epsilon,
-            )
+            device = DeviceRound(budget, settings, config, int(context.run_id), server_round)
+            try:
+                decision = device.plan(data, self._calibrated, values=dict(round_config))
+                history = device.history()
+                weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
+                report, after = self.runtime.train(
+                    config, data, weights, history=history, round_seed=seed,
+                    clip_norm=float(clip) if isinstance(clip, (int, float)) else None, secret=fresh_secret(),
+                )  # fmt: skip
+                device.commit(decision, before=history, after=after)
+            except _RefusedError as refused:
+                return Message(Error(code=BUDGET_REFUSED, reason=str(refused)), reply_to=msg)
+        report = dataclasses.replace(report, epsilon=max(0.0, report.epsilon))  # never negative
         return Message(train_reply_content(report), reply_to=msg)
 
     def secagg(self, msg: Message, context: Context) -> Message:
@@ -367,54 +395,36 @@ class EdgeClient:
             call = stage_call_bytes(msg)
             parsed = parse_call(call)
             with ClientBudget.open(settings.budget_path) as budget:
-                history = history_of(budget)
-                if parsed.stage in (Stage.ADVERTISE_KEYS, Stage.MASKED_INPUT):
-                    reason = self._refusal(budget, settings, config, data, context, parsed.round_num)
-                    if reason is not None:
-                        context.state.config_records.pop(SECAGG_STATE, None)
-                        return Message(Error(code=BUDGET_REFUSED, reason=reason), reply_to=msg)
+                device = DeviceRound(budget, settings, config, int(context.run_id), parsed.round_num)
+                encoding = parsed.parts.get("encoding")
+                decision = None
+                if parsed.stage == Stage.ADVERTISE_KEYS:
+                    if config.dp.mode == "central":
+                        raise device.refusal("central DP does not run under secure aggregation")
+                    device.plan(data, self._calibrated, encoding=encoding)
+                    _announce(context, parsed.round_num, encoding)
+                elif parsed.stage == Stage.MASKED_INPUT:
+                    if config.dp.mode == "distributed" and _announced(context, parsed.round_num) != encoding:
+                        raise device.refusal(
+                            "the masked-input stage's encoding is not the one stage 0 announced"
+                        )
+                    decision = device.plan(data, self._calibrated, encoding=encoding)
+                history = device.history()
                 answer = self._secure.answer(
                     config, data, call, state=stored_stage_state(context),
                     weights=weights_of(msg.content), history=history,
                 )  # fmt: skip
-                if answer.history is not None:
-                    self._commit(budget, settings, config, data, context, parsed.round_num, answer.history)
+                if decision is not None and answer.reply is not None:
+                    context.state.config_records.pop(ANNOUNCED, None)
+                    device.commit(decision, before=history, after=answer.history or ())
+        except _RefusedError as refused:
+            context.state.config_records.pop(SECAGG_STATE, None)
+            context.state.config_records.pop(ANNOUNCED, None)
+            return Message(Error(code=BUDGET_REFUSED, reason=str(refused)), reply_to=msg)
         except (KeyError, ValueError, SecAggError) as exc:
+            context.state.config_records.pop(ANNOUNCED, None)
             return secagg_refusal(msg, context, exc)
         return secagg_reply(msg, context, answer)
-
-    def _commit(
-        self,
-        budget: ClientBudget,
-        settings: DeviceSettings,
-        config: RunConfig,
-        data: ClientData,
-        context: Context,
-        server_round: int,
-        after: Sequence[PrivacyStep],
-    ) -> None:
-        """Commit a securely aggregated round's DP-SGD steps to the budget (before its reply leaves)."""
-        spec = dp_spec(config, len(data.train), self._calibrated)
-        spent = sum(s.steps for s in after) - sum(s.steps for s in history_of(budget))
-        if spec is None or spent <= 0:
-            return
-        epsilon = epsilon_from_history(after, delta=spec.delta, accountant=spec.accountant)
-        budget.commit_spend(
-            SpendRow(
-                run_id=int(context.run_id),
-                server_round=server_round,
-                noise_multiplier=after[-1].noise_multiplier,
-                sample_rate=after[-1].sample_rate,
-                steps=spent,
-                epsilon=epsilon,
-            )
-        )
-        LOG.info(
-            "device %s: round %d trained under secure aggregation, epsilon %.4f",
-            settings.device_id,
-            server_round,
-            epsilon,
-        )
 
     def query(self, msg: Message, context: Context) -> Message:
         """Answer the identity query with the device id."""

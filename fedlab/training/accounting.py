@@ -66,7 +66,7 @@ def epsilon_from_history(history: Sequence[PrivacyStep], *, delta: float, accoun
 
     Returns:
         0.0 for an empty history; ``inf`` if any step had noise multiplier 0;
-        otherwise what a fresh Opacus accountant of that kind reports.
+        otherwise what a fresh Opacus accountant of that kind reports, never below 0.
 
     Examples:
         >>> round(epsilon_from_history(
@@ -83,7 +83,8 @@ def epsilon_from_history(history: Sequence[PrivacyStep], *, delta: float, accoun
         return math.inf
     fresh = create_accountant(mechanism=accountant)
     fresh.history = [step.as_opacus() for step in history]
-    return float(fresh.get_epsilon(delta=delta))
+    # Opacus' RDP conversion goes negative for large delta; epsilon is never below 0.
+    return max(0.0, float(fresh.get_epsilon(delta=delta)))
 
 
 def noise_multiplier_for_epsilon(

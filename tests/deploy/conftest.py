@@ -233,7 +233,7 @@ def write_federation(
 
 
 def spends(state: Path) -> list[tuple[int, float]]:
-    """(server round, epsilon) of every round a device's own budget file holds, oldest first."""
+    """(server round, epsilon) of every charge a device's own budget file holds, oldest first."""
     path = state / "budget.sqlite"
     if not path.exists():
         return []
@@ -241,7 +241,7 @@ def spends(state: Path) -> list[tuple[int, float]]:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             return [
                 (int(r), float(e))
-                for r, e in conn.execute("SELECT server_round, epsilon FROM spend ORDER BY seq")
+                for r, e in conn.execute("SELECT server_round, epsilon FROM charge ORDER BY seq")
             ]
     except sqlite3.OperationalError:
         return []

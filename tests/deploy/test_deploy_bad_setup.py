@@ -42,6 +42,18 @@ def test_missing_data_and_missing_certificate_are_refused_before_launching(tmp_p
         home=tmp_path / "h4",
     )
     assert wrong_key.returncode == 2 and "--key: not an OpenSSH EC private key" in wrong_key.stderr
+    loose_delta = run_fedlab(
+        *base,
+        "--root-cert",
+        str(certs / "ca.pem"),
+        "--data",
+        str(data),
+        "--delta",
+        "0.5",
+        home=tmp_path / "h5",
+    )
+    assert loose_delta.returncode == 2
+    assert error_lines(loose_delta.stderr) == ["error: --delta: must be in (0, 0.1]; got 0.5"]
 
 
 @pytest.mark.slow

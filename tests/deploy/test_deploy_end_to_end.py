@@ -84,7 +84,7 @@ def test_server_and_three_clients_survive_a_kill_and_respect_budgets(tmp_path, c
     assert [r["round"] for r in rounds] == [1, 2, 3]
     # Round 2: device-3 refused, device-2 died after releasing it (asked again, it refused).
     assert rounds[1]["clients"] == 1 and rounds[1]["failures"] == 2, rounds[1]
-    assert "device device-2 already released round 2" in server.output
+    assert "device device-2 refuses round 2: already released" in server.output
     assert rounds[2]["clients"] == 2, rounds[2]  # round 3: device-1 and the restarted device-2
 
     # device-2's budget survived the kill and continued: rounds 1-2 kept, round 3 on top.
