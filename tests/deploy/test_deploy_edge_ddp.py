@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -20,13 +18,11 @@ import pytest
 from fedlab.algorithms.runs import run_configured, secure_settings
 from fedlab.algorithms.secure_fedavg import MaskedInputMessage, StageReplies, StageRequest, secure_round
 from fedlab.core.config import config_from_dict
-from fedlab.core.metrics import RoundMetrics
-from fedlab.core.reports import TrainReport
 from fedlab.flower.edge import BUDGET_REFUSED
 from fedlab.privacy.client_budget import ClientBudget
-from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import Stage
+from tests.secagg_integration.secure_local_transport import MemoryRecorder
 
 from . import edge_messages
 from .conftest import write_partitions
@@ -47,33 +43,6 @@ CONFIG = config_from_dict(
 )
 
 
-@dataclass
-class LedgerRecorder:
-    """Keeps each released round's federation spends (what the server's ledger commits)."""
-
-    federation: list[tuple[int, list[FederationSpend]]] = field(default_factory=list)
-
-    def start(self) -> None:
-        pass
-
-    def release_round(
-        self,
-        round_num: int,
-        weights: Sequence[np.ndarray],
-        reports: Sequence[TrainReport],
-        *,
-        seconds: float,
-        extra: Mapping[str, float | int | str] | None = None,
-        federation: Sequence[FederationSpend] = (),
-    ) -> RoundMetrics:
-        assert "aborted" not in (extra or {}), extra
-        self.federation.append((round_num, list(federation)))
-        return RoundMetrics(
-            round=round_num, accuracy=0.0, loss=0.0, train_loss=0.0, epsilon_max=0.0, epsilon_mean=0.0,
-            clients=len(reports), seconds=seconds,
-        )  # fmt: skip
-
-
 def test_edge_devices_train_every_distributed_dp_round_within_max_epsilon_8(tmp_path):
     data = write_partitions(tmp_path, 3)
     devices = {
@@ -81,7 +50,7 @@ def test_edge_devices_train_every_distributed_dp_round_within_max_epsilon_8(tmp_
         for i, path in enumerate(data, start=1)
     }
     transport = EdgeSecureTransport(devices)
-    recorder = LedgerRecorder()
+    recorder = MemoryRecorder()
     weights = digits_weights(CONFIG)
     outcome = run_configured(
         CONFIG, transport=transport, recorder=recorder, initial_weights=weights, num_clients=len(devices),
@@ -89,8 +58,10 @@ def test_edge_devices_train_every_distributed_dp_round_within_max_epsilon_8(tmp_
     )  # fmt: skip
     assert transport.refusals == [], transport.refusals
     assert outcome.stopped_because == "completed all rounds"
-    assert [r for r, _ in recorder.federation] == list(range(1, ROUNDS + 1))
-    ledger = [f.epsilon for _, spends in recorder.federation for f in spends if f.mechanism == "skellam-ddp"]
+    assert [r[0] for r in recorder.released] == list(range(1, ROUNDS + 1))
+    assert not any("aborted" in r[3] for r in recorder.released)
+    spent = [f for r in recorder.released for f in r[4]]
+    ledger = [f.epsilon for f in spent if f.mechanism == "skellam-ddp"]
     assert len(ledger) == ROUNDS and ledger[-1] <= 8.0
     for i in range(1, len(devices) + 1):
         with ClientBudget.open(tmp_path / f"state-{i}" / "budget.sqlite") as budget:

@@ -9,13 +9,19 @@ the "server" received, to check what it could see.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from fedlab.algorithms.secure_fedavg import ClientStageMessage, StageReplies, StageRequest
 from fedlab.core.config import RunConfig
+from fedlab.core.metrics import RoundMetrics
+from fedlab.core.reports import TrainReport
 from fedlab.data.federated import build_federated_data
 from fedlab.flower.secure_transport import decode_reply, encode_call
+from fedlab.privacy.ledger import FederationSpend
 from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
@@ -89,3 +95,33 @@ class LocalSecureTransport:
             self.carried.append((request.round_num, request.stage, cid, reply))
             replies[cid] = reply
         return StageReplies(replies, tuple(failures))
+
+
+@dataclass
+class MemoryRecorder:
+    """Keeps what a RunRecorder would release, without evaluation."""
+
+    released: list[
+        tuple[int, list[np.ndarray], tuple[TrainReport, ...], dict[str, Any], list[FederationSpend]]
+    ] = field(default_factory=list)
+
+    def start(self) -> None:
+        pass
+
+    def release_round(
+        self,
+        round_num: int,
+        weights: Sequence[np.ndarray],
+        reports: Sequence[TrainReport],
+        *,
+        seconds: float,
+        extra: Mapping[str, float | int | str] | None = None,
+        federation: Sequence[FederationSpend] = (),
+    ) -> RoundMetrics:
+        self.released.append(
+            (round_num, [np.array(w) for w in weights], tuple(reports), dict(extra or {}), list(federation))
+        )
+        return RoundMetrics(
+            round=round_num, accuracy=0.0, loss=0.0, train_loss=0.0, epsilon_max=0.0, epsilon_mean=0.0,
+            clients=len(reports), seconds=seconds,
+        )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,17 +19,14 @@ from fedlab.algorithms.secure_fedavg import (
 from fedlab.algorithms.secure_loop import run_secure_fedavg
 from fedlab.core.config import RunConfig, config_from_dict
 from fedlab.core.errors import ConfigError
-from fedlab.core.metrics import RoundMetrics
-from fedlab.core.reports import TrainReport
 from fedlab.flower.secure_transport import encode_call
-from fedlab.privacy.ledger import FederationSpend
 from fedlab.secagg.crypto import seeded_source
 from fedlab.secagg.errors import ProtocolError, Stage
 from fedlab.secagg.messages import UnmaskRequest
 from fedlab.training.client_runtime import ClientRuntime
 from fedlab.training.models import build_model, get_weights
 
-from .secure_local_transport import LocalSecureTransport
+from .secure_local_transport import LocalSecureTransport, MemoryRecorder
 
 NUM_CLIENTS = 6
 
@@ -150,36 +146,6 @@ def test_too_many_dropouts_abort_cleanly(stage: Stage) -> None:
     # Nothing was unmasked: no client revealed any share when the round aborted before stage 3.
     if stage < Stage.UNMASK:
         assert not [m for (_, s, _, m) in transport.carried if s == Stage.UNMASK]
-
-
-@dataclass
-class MemoryRecorder:
-    """Keeps what a RunRecorder would release, without evaluation."""
-
-    released: list[
-        tuple[int, list[np.ndarray], tuple[TrainReport, ...], dict[str, Any], list[FederationSpend]]
-    ] = field(default_factory=list)
-
-    def start(self) -> None:
-        pass
-
-    def release_round(
-        self,
-        round_num: int,
-        weights: Sequence[np.ndarray],
-        reports: Sequence[TrainReport],
-        *,
-        seconds: float,
-        extra: Mapping[str, float | int | str] | None = None,
-        federation: Sequence[FederationSpend] = (),
-    ) -> RoundMetrics:
-        self.released.append(
-            (round_num, [np.array(w) for w in weights], tuple(reports), dict(extra or {}), list(federation))
-        )
-        return RoundMetrics(
-            round=round_num, accuracy=0.0, loss=0.0, train_loss=0.0, epsilon_max=0.0, epsilon_mean=0.0,
-            clients=len(reports), seconds=seconds,
-        )  # fmt: skip
 
 
 def test_random_dropouts_never_give_a_wrong_model() -> None:
