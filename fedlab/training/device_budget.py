@@ -10,7 +10,8 @@ server says it spent (see :func:`decide` for the refusals). Charges, by the roun
   cannot see the server's noise; trusting the server to add it and to keep its sampling secret, it
   charges at its first round of a run the whole run, T Poisson-subsampled Gaussian rounds at the
   (z, q, T) the round's config carries (what the server's ledger reports for the run); later rounds
-  of the run are released uncharged. Holds against readers of the released models, not the server.
+  of the run are released uncharged, up to a participation count implausible at rate q (a server
+  understating q is caught). Holds against readers of the released models, not the server.
 * ``skellam-ddp`` (distributed, user level, zero-out: the device's update or zero): per round, the
   server's view of the round's Skellam encoding (no sampling, ``min_survivors`` noise shares; see
   :mod:`fedlab.privacy.skellam_release`). Holds against the server and everyone after it.
@@ -37,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from dp_accounting.rdp import rdp_privacy_accountant
 from opacus.accountants.analysis.rdp import compute_rdp
+from scipy import stats
 
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import LedgerError
@@ -302,7 +304,26 @@ def _central_round(
     released = [r for r in budget.releases() if r.run_id == run_id and r.mechanism == DP_FEDAVG]
     if len(released) >= event.steps:
         return None, f"the run already released its {event.steps} announced rounds"
+    plausible = implausible_participation(event)
+    if len(released) + 1 > plausible:
+        return None, (
+            f"taking part in {len(released) + 1} of {event.steps} rounds is implausible at the "
+            f"announced sample rate {event.sample_rate:g} (at most {plausible} expected): q is understated"
+        )
     return None, None
+
+
+def implausible_participation(event: GaussianEvent) -> int:
+    """The most rounds of a central-DP run a device takes part in, unless q is understated.
+
+    Its participation is Binomial(T, q) if the server samples at the rate it announces; more than
+    this count (the 1 - 1e-9 quantile) means the server samples the device more often than its
+    charge assumes, and the device stops.
+
+    >>> implausible_participation(GaussianEvent(noise_multiplier=1.0, sample_rate=0.01, steps=100))
+    11
+    """
+    return int(stats.binom.ppf(1.0 - 1e-9, event.steps, event.sample_rate))
 
 
 def commit(budget: ClientBudget, decision: RoundDecision, *, run_id: int, server_round: int) -> None:

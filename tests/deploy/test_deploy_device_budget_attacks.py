@@ -158,3 +158,21 @@ def test_a_central_round_is_charged_the_whole_run_once(tmp_path):
     assert refused.has_error() and refused.error.code == BUDGET_REFUSED
     with budget_of(tmp_path / "small") as budget:
         assert budget.releases() == [] and [r.server_round for r in budget.refusals()] == [1]
+
+
+def test_a_server_understating_q_is_caught_by_the_devices_participation_count(tmp_path):
+    # The server announces q = 0.01 (a tiny whole-run charge) but asks the device every round.
+    data = write_partitions(tmp_path, 3)[0]
+    rounds = 100
+    central = config(
+        run={"rounds": rounds},
+        dp={"mode": "central", "noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1e-5},
+        server={"fraction_train": 0.01},
+    )
+    values = {"clip-norm": 1.0, "noise-multiplier": 1.0, "sample-rate": 0.01, "rounds": float(rounds)}
+    client, context = device(central, data, tmp_path / "state", max_epsilon=8.0)
+    answered = [client.train(train_message(central, r, **values), context) for r in range(1, 14)]
+    trained = [r for r, reply in enumerate(answered, 1) if not reply.has_error()]
+    # Binomial(100, 0.01) exceeds 11 with probability below 1e-9: the 12th round is refused.
+    assert trained == list(range(1, 12))
+    assert all("implausible" in reply.error.reason for reply in answered[11:])
