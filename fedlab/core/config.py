@@ -1,10 +1,9 @@
 """Run configuration: parsed once at the edge into frozen, validated dataclasses.
 
-A config is a TOML file with one table per section (``[run]``, ``[data]``,
-``[model]``, ``[train]``, ``[dp]``, ``[server]``, ``[simulation]``). Every key is
-checked when read: unknown keys, wrong types and out-of-range values raise
-:class:`~fedlab.core.errors.ConfigError` with a one-line message naming the key.
-Below the edge nothing reads raw dicts.
+A config is a TOML file with one table per section (``[run]``, ``[data]``, ``[model]``, ``[train]``,
+``[dp]``, ``[server]``, ``[simulation]``, ``[secagg]``). Every key is checked when read: unknown
+keys, wrong types and out-of-range values raise :class:`~fedlab.core.errors.ConfigError` with a
+one-line message naming the key. Below the edge nothing reads raw dicts.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ CLIENT_ACCOUNTANTS = ("rdp", "prv")
 SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
 SAMPLING = ("auto", "fraction", "poisson")
 BACKENDS = ("flower", "inline")
+CLIENT_RANDOMNESS = ("seeded", "secret")
 DEVICE_MODELS = ("distribution", "trace")
 
 
@@ -222,10 +222,9 @@ class DpSection:
 class ServerSection:
     """Server-side round settings.
 
-    ``fraction_train`` is the fraction of clients per round (``fraction``: exactly
-    that many, uniformly; ``poisson``: each client independently with that
-    probability, as DP amplification by sampling assumes). ``auto`` is ``poisson``
-    with ``dp.mode = "central"`` and ``fraction`` otherwise.
+    ``fraction_train`` is the fraction of clients per round (``fraction``: exactly that many,
+    uniformly; ``poisson``: each client independently with that probability, as DP amplification
+    by sampling assumes). ``auto`` is ``poisson`` under user-level DP, ``fraction`` otherwise.
     """
 
     fraction_train: float = 1.0
@@ -249,7 +248,8 @@ class SimulationSection:
     medians with the given sigmas; ``"trace"``: read from the CSV ``device_trace``).
     A round ends at ``round_deadline`` simulated seconds (0: no deadline) or once
     ``target_updates`` updates arrived (0: wait for every sampled client).
-    ``ray_address`` points the ``flower`` backend at a running Ray cluster.
+    ``ray_address`` points the ``flower`` backend at a running Ray cluster. With
+    ``client_randomness = "secret"`` (inline) clients draw a fresh secret per round, as deployed.
     """
 
     backend: str = "inline"
@@ -269,9 +269,11 @@ class SimulationSection:
     round_deadline: float = 0.0
     target_updates: int = 0
     ray_address: str = ""
+    client_randomness: str = "seeded"
 
     def __post_init__(self) -> None:
         _check_choice("simulation.backend", self.backend, BACKENDS)
+        _check_choice("simulation.client_randomness", self.client_randomness, CLIENT_RANDOMNESS)
         _check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
         _check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)
         if self.workers is not None:

@@ -23,6 +23,9 @@ class ArrayDataset:
         x: Features, float32, shape ``(n, *feature_shape)``.
         y: Labels, int64, shape ``(n,)``.
         num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
+        public_size: The example count a client reports and DP-SGD's sample rate and step count
+            are computed from (the guarantee treats it as public); None: ``n``. An audit sets it to
+            the size without its secret canaries, so that a canary changes only the data.
 
     >>> d = ArrayDataset(np.zeros((3, 2)), np.array([0, 1, 1]), num_classes=2)
     >>> len(d), d.feature_shape, d.x.dtype, d.y.dtype
@@ -35,13 +38,21 @@ class ArrayDataset:
     x: NDArray[np.float32]
     y: NDArray[np.int64]
     num_classes: int
+    public_size: int | None = None
 
     def __post_init__(self) -> None:
         x = np.asarray(self.x, dtype=np.float32)
         y = np.asarray(self.y, dtype=np.int64)
         _check_arrays(x, y, self.num_classes)
+        if self.public_size is not None and not 1 <= self.public_size <= y.shape[0]:
+            raise DataError(f"data: public_size must be in [1, {y.shape[0]}]; got {self.public_size}")
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
+
+    @property
+    def reported_size(self) -> int:
+        """The example count the client reports and plans DP-SGD with: ``public_size``, else ``n``."""
+        return len(self) if self.public_size is None else self.public_size
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

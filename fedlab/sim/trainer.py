@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -119,23 +119,29 @@ class SwapTrainer:
         history: Sequence[PrivacyStep],
         round_seed: int,
         clip_norm: float | None = None,
+        secret: bytes | None = None,
     ) -> ClientOutcome:
         """Train one client for one round from ``weights``, as its own LocalTrainer would.
 
         Args:
             client_id: The client's stable id (mixed into its seeds).
-            data: The client's training examples.
+            data: The client's training examples (``data.public_size`` sets its DP-SGD plan).
             weights: The global weights.
             history: The client's accountant history before this round.
-            round_seed: The round's public seed.
+            round_seed: The round's public seed (seeded rounds).
             clip_norm: Under central DP, the round's clip norm (default ``dp.clip_norm``).
+            secret: A client secret for the round (deployment-grade randomness: nobody who knows
+                the seeds can replay it); None: seeded from the run seed, the round and the client.
 
         Returns:
             The client's report and new accountant history.
         """
         batch = _Batch(*_data_tensors(data.x, data.y, self._device))
-        spec = dp_spec(self._config, len(batch.y), self._calibrated) if self._private else None
-        result = self._train_round(batch, spec, weights, tuple(history), client_seed(round_seed, client_id))
+        public = data.reported_size
+        spec = dp_spec(self._config, public, self._calibrated) if self._private else None
+        result = self._train_round(
+            batch, spec, weights, tuple(history), client_seed(round_seed, client_id), public, secret
+        )
         report = client_report(self._config, client_id, result, clip_norm=clip_norm)
         return ClientOutcome(report=report, history=result.history)
 
@@ -146,17 +152,19 @@ class SwapTrainer:
         weights: Sequence[np.ndarray],
         prior: tuple[PrivacyStep, ...],
         seed: int,
+        public: int,
+        secret: bytes | None,
     ) -> TrainResult:
         received = self._load(weights)
-        start_streams(self._streams, seed=self._seed, round_seed=seed, secret=None)
-        rate = self._start_client(batch, spec, prior)
+        start_streams(self._streams, seed=self._seed, round_seed=None if secret else seed, secret=secret)
+        rate = self._start_client(batch, spec, prior, public)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            loss_sum, seen, steps = self._run_epochs(batch, rate)
+            loss_sum, seen, steps = self._run_epochs(batch, rate, public)
         self._optimizer.zero_grad(set_to_none=True)
         after = self._history_after(prior, steps)
         return TrainResult(
-            update=_delta_update(self._read(), received, len(batch.y)),
+            update=_delta_update(self._read(), received, public),
             loss=loss_sum / seen if seen else math.nan,
             steps=steps,
             history=after,
@@ -182,14 +190,14 @@ class SwapTrainer:
         return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in self._tensors]
 
     def _start_client(
-        self, batch: _Batch, spec: DpSgdSpec | None, prior: tuple[PrivacyStep, ...]
+        self, batch: _Batch, spec: DpSgdSpec | None, prior: tuple[PrivacyStep, ...], public: int
     ) -> float | None:
         """Reset optimizer state, set the client's DP parameters."""
         self._optimizer.zero_grad(set_to_none=True)
         self._optimizer.state.clear()
         rate = None
         if spec is not None and self._dp is not None:
-            rate = poisson_sample_rate(len(batch.y), self._optim.batch_size)
+            rate = poisson_sample_rate(public, self._optim.batch_size)
             self._dp.accountant.history = [step.as_opacus() for step in prior]
             private = cast(DPOptimizer, self._optimizer)
             private.noise_multiplier = spec.noise_multiplier
@@ -197,17 +205,16 @@ class SwapTrainer:
         self._model.train()
         return rate
 
-    def _run_epochs(self, batch: _Batch, rate: float | None) -> tuple[float, int, int]:
+    def _run_epochs(self, batch: _Batch, rate: float | None, public: int) -> tuple[float, int, int]:
         loss_sum, seen, steps = 0.0, 0, 0
         for _ in range(self._optim.local_epochs):
-            for indices in self._epoch_batches(len(batch.y), rate):
+            for indices in epoch_batches(
+                self._streams, len(batch.y), self._optim.batch_size, rate, public_size=public
+            ):
                 loss_sum += self._train_step(batch, indices.to(self._device))
                 seen += len(indices)
                 steps += 1
         return loss_sum, seen, steps
-
-    def _epoch_batches(self, n: int, rate: float | None) -> Iterable[torch.Tensor]:
-        return epoch_batches(self._streams, n, self._optim.batch_size, rate)
 
     def _train_step(self, batch: _Batch, indices: torch.Tensor) -> float:
         return train_step(self._model, self._optimizer, batch.x, batch.y, indices)

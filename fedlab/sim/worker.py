@@ -22,6 +22,7 @@ from fedlab.core.config import RunConfig
 from fedlab.data.types import FederatedData
 from fedlab.sim.trainer import ClientOutcome, SwapTrainer
 from fedlab.training.accounting import PrivacyStep
+from fedlab.training.randomness import fresh_secret
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,12 @@ class ClientService:
         self.trainer()
 
     def run(self, task: WorkerTask) -> list[ClientOutcome]:
-        """Train every client of ``task`` in order; materialize each client's data only now."""
+        """Train every client of ``task`` in order; materialize each client's data only now.
+
+        With ``simulation.client_randomness = "secret"`` every client draws a fresh secret for
+        the round (as a deployed client does); else its randomness is seeded from the run seed.
+        """
+        secret = self._config.simulation.client_randomness == "secret"
         return [
             self.trainer().train(
                 client_id,
@@ -76,6 +82,7 @@ class ClientService:
                 history=history,
                 round_seed=task.round_seed,
                 clip_norm=task.clip_norm,
+                secret=fresh_secret() if secret else None,
             )
             for client_id, history in task.clients
         ]

@@ -175,9 +175,10 @@ class ClientRuntime:
             x=data.train.x,
             y=data.train.y,
             optim=optim_spec(config),
-            dp=dp_spec(config, len(data.train), self._calibrated),
+            dp=dp_spec(config, data.train.reported_size, self._calibrated),
             device=resolve_device(config.train.device),
             seed=config.run.seed,
+            public_size=data.train.public_size,
         )
         self._trainers[data.client_id] = (config, trainer)
         while len(self._trainers) > self._max_trainers:

@@ -107,6 +107,7 @@ class LocalTrainer:
         dp: DpSgdSpec | None,
         device: torch.device,
         seed: int,
+        public_size: int | None = None,
     ) -> None:
         """Set up training for one client.
 
@@ -119,6 +120,8 @@ class LocalTrainer:
             dp: DP-SGD parameters, or ``None`` for plain training.
             device: Where to train; the model and data are moved there.
             seed: Non-negative client seed, mixed into the round seed of seeded rounds.
+            public_size: The example count reported and used for DP-SGD's sample rate and steps
+                (the guarantee treats it as public; see ``ArrayDataset.public_size``); None: n.
 
         Raises:
             ValueError: On bad data, a negative seed, ``batch_size > n`` with DP, or
@@ -137,7 +140,10 @@ class LocalTrainer:
         self._seed = seed
         self._streams = RoundStreams(device)
         model.to(device)
-        self._dp = None if dp is None else _dp_parts(dp, num_examples=len(self._y), optim=optim)
+        self._public = len(self._y) if public_size is None else public_size
+        if not 1 <= self._public <= len(self._y):
+            raise ValueError(f"public_size must be in [1, {len(self._y)}]; got {public_size}")
+        self._dp = None if dp is None else _dp_parts(dp, num_examples=self._public, optim=optim)
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
         self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
 
@@ -148,8 +154,8 @@ class LocalTrainer:
 
     @property
     def num_examples(self) -> int:
-        """Number of local training examples ``n``."""
-        return len(self._y)
+        """The public number of local examples ``n`` (sample rate, steps, the reported count)."""
+        return self._public
 
     @property
     def steps_per_round(self) -> int:
@@ -252,7 +258,9 @@ class LocalTrainer:
 
     def _epoch_batches(self) -> Iterable[torch.Tensor]:
         rate = None if self._dp is None else self._dp.sample_rate
-        return epoch_batches(self._streams, len(self._y), self._optim.batch_size, rate)
+        return epoch_batches(
+            self._streams, len(self._y), self._optim.batch_size, rate, public_size=self._public
+        )
 
     def _train_step(self, indices: torch.Tensor) -> float:
         """Take one optimizer step on the given examples; return their summed loss."""
@@ -271,7 +279,7 @@ class LocalTrainer:
         delta = tuple(
             np.subtract(new, old, dtype=np.float32) for new, old in zip(local, received, strict=True)
         )
-        n = len(self._y)
+        n = self._public
         return Update(arrays=delta, num_examples=n, weight=float(n))
 
 

@@ -132,12 +132,21 @@ def start_streams(streams: RoundStreams, *, seed: int, round_seed: int | None, s
 
 
 def epoch_batches(
-    streams: RoundStreams, num_examples: int, batch_size: int, sample_rate: float | None
+    streams: RoundStreams,
+    num_examples: int,
+    batch_size: int,
+    sample_rate: float | None,
+    *,
+    public_size: int | None = None,
 ) -> Iterable[torch.Tensor]:
-    """One epoch's batches: ``n // batch_size`` Poisson batches under DP, else shuffled minibatches."""
+    """One epoch's batches over ``num_examples`` examples: Poisson under DP, else shuffled minibatches.
+
+    Under DP the epoch is ``public_size // batch_size`` steps (``public_size``: ``num_examples``).
+    """
     if sample_rate is None:
         return streams.shuffled_batches(num_examples, batch_size)
-    return streams.poisson_batches(num_examples, sample_rate=sample_rate, steps=num_examples // batch_size)
+    steps = (num_examples if public_size is None else public_size) // batch_size
+    return streams.poisson_batches(num_examples, sample_rate=sample_rate, steps=steps)
 
 
 class StreamDPOptimizer(DPOptimizer):  # type: ignore[misc]
