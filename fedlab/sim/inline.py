@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedlab.algorithms.federation import FedAvgSettings, RoundPlan
+from fedlab.algorithms.federation import ClientTransport, FedAvgSettings, RoundPlan, RoundRecorder
 from fedlab.algorithms.runs import run_configured
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
@@ -43,6 +43,7 @@ from fedlab.core.reports import RoundReplies
 from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
+from fedlab.sim.hooks import InlineHooks, TappedRecorder, WithExtraClients
 from fedlab.sim.loop import run_simulated_fedavg, sample_indices
 from fedlab.sim.pool import WorkerPool
 from fedlab.sim.trainer import ClientOutcome, local_steps
@@ -209,6 +210,7 @@ def simulate_inline(
     *,
     wait_for_workers: bool = False,
     data: FederatedData | None = None,
+    hooks: InlineHooks | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` with the inline backend and return the run summary.
 
@@ -221,6 +223,8 @@ def simulate_inline(
             in the background only when the run is long enough to need them.
         data: The run's data if the caller already built it from ``config.data`` and
             ``config.run.seed`` (the CLI does, to check it); built here otherwise.
+        hooks: An audit's extra clients and view of each release (code only; see
+            :mod:`fedlab.sim.hooks`).
     """
     torch.set_num_threads(1)  # one thread per training process, as each worker
     if data is None:
@@ -248,7 +252,9 @@ def simulate_inline(
                 config.simulation, num_clients=data.num_clients, seed=config.run.seed
             ),
         )
-        stopped = _run_rounds(config, transport, recorder, get_weights(model), data.num_clients)
+        stopped = _run_rounds(
+            config, transport, recorder, get_weights(model), data.num_clients, hooks or InlineHooks()
+        )
     finally:
         if pool is not None:
             pool.close()
@@ -261,22 +267,33 @@ def _run_rounds(
     recorder: RunRecorder,
     initial_weights: list[np.ndarray],
     num_clients: int,
+    hooks: InlineHooks,
 ) -> str:
     """Plain FedAvg runs the index-sampling loop; DP-FedAvg and SecAgg+ the configured loops."""
     from fedlab.sim.secure_inline import InlineSecureTransport  # it imports this module
 
+    tapped: RoundRecorder = (
+        recorder if hooks.on_release is None else TappedRecorder(recorder, hooks.on_release)
+    )
     if config.secagg.enabled or config.dp.mode == "central":
+        clients: ClientTransport = transport
+        if hooks.extra_clients is not None:
+            clients = WithExtraClients(transport, hooks.extra_clients)
+            num_clients += hooks.extra_clients.slots
         outcome = run_configured(
             config,
-            transport=InlineSecureTransport(config, transport) if config.secagg.enabled else transport,
-            recorder=recorder,
+            transport=InlineSecureTransport(config, clients) if config.secagg.enabled else clients,
+            recorder=tapped,
             initial_weights=initial_weights,
             num_clients=num_clients,
+            secure_noise=hooks.secure_server,
         )
         return outcome.stopped_because
+    if hooks.extra_clients is not None or hooks.secure_server:
+        raise ValueError("extra clients and a secure server need a DP-FedAvg or secure-aggregation run")
     run_simulated_fedavg(
         transport=transport,
-        recorder=recorder,
+        recorder=tapped,
         initial_weights=initial_weights,
         settings=FedAvgSettings(
             rounds=config.run.rounds,

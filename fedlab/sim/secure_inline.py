@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 
-from fedlab.algorithms.federation import RoundPlan
+from fedlab.algorithms.federation import ClientTransport, RoundPlan
 from fedlab.algorithms.secure_fedavg import ClientStageMessage, ServerStageMessage, StageReplies, StageRequest
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.flower.stages import client_message, stage_call
 from fedlab.secagg.errors import SecAggError, Stage
-from fedlab.sim.inline import InlineTransport
 from fedlab.training.secure_client import SecureClient, SecureClientState, Training, dropout_stage
 
 LOG = logging.getLogger("fedlab.secure_inline")
@@ -38,11 +37,12 @@ class InlineSecureTransport:
 
     Args:
         config: The run configuration (every simulated client's configuration too).
-        inline: The inline backend's transport (sampling pool, devices, workers).
+        inline: The inline backend's transport (sampling pool, devices, workers), possibly with an
+            audit's extra clients (:class:`~fedlab.sim.hooks.WithExtraClients`).
 
     """
 
-    def __init__(self, config: RunConfig, inline: InlineTransport) -> None:
+    def __init__(self, config: RunConfig, inline: ClientTransport) -> None:
         self._config = config
         self._inline = inline
         self._client = SecureClient(seeded=True)
