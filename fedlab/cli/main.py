@@ -363,9 +363,11 @@ def _finite_or_null(value: Any) -> Any:
 
 
 def _register_deployment_commands() -> None:
+    from fedlab.cli.audit import register as register_audit
     from fedlab.cli.deploy import register
 
     register(app)
+    register_audit(app)
 
 
 _register_deployment_commands()
