@@ -327,9 +327,11 @@ def _audit_dpsgd(
         scores = -canary_losses(_model(config, base, releases.weights[-1]), canaries)
     else:
         scores = _update_scores(config, base, canaries, owner, releases, replay=settings.threat != "updates")
-    epsilons = summary["client_epsilons"]
-    claimed = max(float(epsilons.get(str(k)) or math.inf) for k in set(owner.tolist()))
-    return SeedAudit(run_dir, claimed, scores, included)
+    # The largest epsilon of a client holding canaries (null: no DP noise, infinite); a client that
+    # never trained released nothing about its canaries.
+    owners = {str(k) for k in owner.tolist()}
+    spent = [math.inf if v is None else float(v) for k, v in summary["client_epsilons"].items() if k in owners]
+    return SeedAudit(run_dir, max(spent, default=0.0), scores, included)
 
 
 def _update_scores(
