@@ -330,7 +330,9 @@ def _audit_dpsgd(
     # The largest epsilon of a client holding canaries (null: no DP noise, infinite); a client that
     # never trained released nothing about its canaries.
     owners = {str(k) for k in owner.tolist()}
-    spent = [math.inf if v is None else float(v) for k, v in summary["client_epsilons"].items() if k in owners]
+    spent = [
+        math.inf if v is None else float(v) for k, v in summary["client_epsilons"].items() if k in owners
+    ]
     return SeedAudit(run_dir, max(spent, default=0.0), scores, included)
 
 
