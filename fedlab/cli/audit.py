@@ -112,11 +112,10 @@ def audit(
     """Run the federation with canaries; print the claimed epsilon and a measured lower bound."""
     from fedlab.cli.main import _fail, _guarded
     from fedlab.cli.progress import RichRoundProgress
-    from fedlab.sim.audit import AuditSettings, check_audit, run_audit
+    from fedlab.sim.audit import AuditSettings, run_audit
 
     config = _guarded(lambda: load_config(config_path, overrides or []))
     settings = AuditSettings(threat=threat, canaries=canaries, confidence=confidence, seeds=seeds)
-    _guarded(lambda: check_audit(config, settings))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     directory = out or Path("runs") / f"audit-{config.run.name}-{stamp}"
     if directory.exists() and any(directory.iterdir()):

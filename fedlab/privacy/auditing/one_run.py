@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -56,17 +56,7 @@ class OneRunResult:
             A dict with one key per attribute.
 
         """
-        return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "num_canaries": self.num_canaries,
-            "num_guesses": self.num_guesses,
-            "num_correct": self.num_correct,
-            "split": list(self.split),
-            "delta": self.delta,
-            "confidence": self.confidence,
-            "split_confidence": self.split_confidence,
-            "num_splits": self.num_splits,
-        }
+        return {**asdict(self), "split": list(self.split)}
 
 
 def one_run_p_value(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -45,16 +45,7 @@ class CanaryBound:
             A dict with one key per attribute.
 
         """
-        return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "threshold": self.threshold,
-            "true_positives": self.true_positives,
-            "positives": self.positives,
-            "false_positives": self.false_positives,
-            "negatives": self.negatives,
-            "delta": self.delta,
-            "confidence": self.confidence,
-        }
+        return asdict(self)
 
 
 def clopper_pearson(*, successes: int, trials: int, confidence: float) -> tuple[float, float]:
