@@ -112,7 +112,6 @@ class RunRecorder:
         self._epsilons: dict[str, float] = {}
         self._hide_participation = config.dp.user_level and not config.dp.record_participation
         self._user_epsilons: dict[str, float] = {}
-        self._user_epsilon: float | None = None
         self._noise_multiplier = 0.0
         self._history: list[RoundMetrics] = []
         self._started = time.perf_counter()
@@ -142,7 +141,6 @@ class RunRecorder:
         for r in reports:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
         for f in federation:
-            self._user_epsilon = max(self._user_epsilon or 0.0, f.epsilon)
             self._user_epsilons[f.mechanism] = max(self._user_epsilons.get(f.mechanism, 0.0), f.epsilon)
         set_weights(self._model, weights)
         loss, accuracy = evaluate(
@@ -154,6 +152,10 @@ class RunRecorder:
         self._history.append(metrics)
         self._observer.on_round(metrics)
         return metrics
+
+    def _user_epsilon(self) -> float:
+        """The user-level epsilon: the largest over the server's mechanisms (0 before any release)."""
+        return max(self._user_epsilons.values(), default=0.0)
 
     def _for_run_dir(self, metrics: RoundMetrics) -> RoundMetrics:
         """The metrics as written to the run directory (participation withheld under user-level DP)."""
@@ -195,7 +197,7 @@ class RunRecorder:
     ) -> RoundMetrics:
         total = sum(r.update.num_examples for r in reports)
         train_loss = sum(r.train_loss * r.update.num_examples for r in reports) / total if total else math.nan
-        eps = [self._user_epsilon or 0.0] if self._config.dp.user_level else list(self._epsilons.values())
+        eps = [self._user_epsilon()] if self._config.dp.user_level else list(self._epsilons.values())
         return RoundMetrics(
             round=round_num,
             accuracy=accuracy,
@@ -215,7 +217,7 @@ class RunRecorder:
             for k, v in sorted(self._epsilons.items(), key=lambda item: client_sort_key(item[0]))
         }
         if self._config.dp.user_level:
-            user = self._user_epsilon or 0.0  # no round released: nothing spent
+            user = self._user_epsilon()
             return {
                 "epsilon_max": user,
                 "epsilon_mean": user,
