@@ -63,26 +63,34 @@ def audit_markdown(summary: dict[str, Any]) -> str:
 
     >>> text = audit_markdown({"mode": "dpsgd", "threat": "updates", "adjacency": "a", "delta": 1e-5,
     ...     "claimed_epsilon": 4.0, "epsilon_lower_bound": 1.5, "bound_over_claimed": 0.375,
+    ...     "bound": "one-run f-DP", "tradeoff_rejected": False, "guesses": 4, "correct": 4,
     ...     "epsilon_estimate": 3.4, "threshold_bound": {"epsilon_lower_bound": 1.0},
-    ...     "one_run": {"num_canaries": 10, "num_guesses": 4, "num_correct": 4, "confidence": 0.95}})
-    >>> "| 4.000 | 1.500 | 0.38 |" in text
+    ...     "one_run": {"epsilon_lower_bound": 1.2, "num_canaries": 10, "confidence": 0.95}})
+    >>> "| 4.000 | 1.500 | 0.38 | one-run f-DP | no | 1.200 |" in text
     True
     """
     run = summary["one_run"]
+    rejected = {None: "-", True: "**yes**", False: "no"}[summary["tradeoff_rejected"]]
     rows = [
-        "| mode | threat | adjacency | delta | claimed epsilon | lower bound | bound / claimed | estimate "
-        "| threshold bound | canaries | guesses | correct |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | threat | adjacency | delta | claimed epsilon | lower bound | bound / claimed | bound "
+        "| claimed trade-off rejected | one-run (eps, delta) bound | estimate | threshold bound | canaries "
+        "| guesses | correct |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {summary['mode']} | {summary['threat']} | {summary['adjacency']} | {summary['delta']:g} "
         f"| {summary['claimed_epsilon']:.3f} | {summary['epsilon_lower_bound']:.3f} "
-        f"| {_number(summary['bound_over_claimed'], 2)} | {_number(summary['epsilon_estimate'], 3)} "
+        f"| {_number(summary['bound_over_claimed'], 2)} | {summary['bound']} | {rejected} "
+        f"| {run['epsilon_lower_bound']:.3f} | {_number(summary['epsilon_estimate'], 3)} "
         f"| {summary['threshold_bound']['epsilon_lower_bound']:.3f} | {run['num_canaries']} "
-        f"| {run['num_guesses']} | {run['num_correct']} |",
+        f"| {summary['guesses']} | {summary['correct']} |",
     ]
     note = (
-        f"\nLower bound: one-run audit (Steinke, Nasr, Jagielski 2023) at confidence {run['confidence']:g}; "
-        "estimate: Andrew et al. 2024 (Gaussian fit, not a bound); threshold bound: Clopper-Pearson, "
-        "treating a run's canaries as independent.\n"
+        f"\nAll at confidence {run['confidence']:g}. Lower bound: one-run f-DP (Mahloujifar, Melis, "
+        "Chaudhuri 2025) against the run's own Gaussian releases with their noise scaled (DP-SGD, central "
+        "DP), "
+        "else one-run (epsilon, delta) (Steinke, Nasr, Jagielski 2023); 'claimed trade-off rejected': the "
+        "canaries rule out the privacy the run's noise gives, for any mechanism. Estimate: Andrew et al. "
+        "2024 (Gaussian fit, not a bound); threshold bound: Clopper-Pearson, treating a run's canaries as "
+        "independent.\n"
     )
     return "\n".join(rows) + "\n" + note
 
@@ -137,13 +145,15 @@ def audit(
     console.print(
         f"{summary['mode']} / {summary['threat']} ({summary['adjacency']}, delta {summary['delta']:g}): "
         f"claimed epsilon {summary['claimed_epsilon']:.3f}; lower bound {summary['epsilon_lower_bound']:.3f} "
-        f"at confidence {confidence:g} ({summary['one_run']['num_correct']} of "
-        f"{summary['one_run']['num_guesses']} guesses right, {summary['one_run']['num_canaries']} canaries); "
+        f"at confidence {confidence:g}, {summary['bound']} ({summary['correct']} of {summary['guesses']} "
+        f"guesses right, {summary['one_run']['num_canaries']} canaries); "
         f"estimate {_number(summary['epsilon_estimate'], 3)}",
         highlight=False,
     )
     if summary["epsilon_lower_bound"] > summary["claimed_epsilon"]:
         console.print("[bold red]the measured lower bound exceeds the claimed epsilon[/]")
+    elif summary["tradeoff_rejected"]:
+        console.print("[bold red]the canaries rule out the privacy that the run's noise would give[/]")
     console.print(f"audit written to {directory}", highlight=False)
 
 

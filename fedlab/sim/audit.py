@@ -59,6 +59,9 @@ from fedlab.privacy.auditing import (
     canary_epsilon_lower_bound,
     one_run_audit,
 )
+from fedlab.privacy.auditing.fdp import FdpResult, fdp_audit
+from fedlab.privacy.auditing.tradeoffs import EventsFamily
+from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.audit_canaries import CanaryClients, CanaryData, random_directions
 from fedlab.sim.hooks import InlineHooks
 from fedlab.sim.inline import simulate_inline
@@ -110,6 +113,7 @@ class SeedAudit:
     claimed_epsilon: float
     scores: npt.NDArray[np.float64]
     included: npt.NDArray[np.bool_]
+    histories: tuple[tuple[GaussianEvent, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,15 @@ class AuditReport:
     delta: float
     claimed_epsilon: float
     one_run: OneRunResult
+    fdp: FdpResult | None
     threshold: CanaryBound
     estimate: float
     runs: tuple[SeedAudit, ...] = field(default=())
+
+    @property
+    def epsilon_lower_bound(self) -> float:
+        """The f-DP bound where the releases are Gaussian, else the one-run (epsilon, delta) bound."""
+        return self.one_run.epsilon_lower_bound if self.fdp is None else self.fdp.epsilon_lower_bound
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (without the raw scores)."""
@@ -134,12 +144,17 @@ class AuditReport:
             "adjacency": self.adjacency,
             "delta": self.delta,
             "claimed_epsilon": self.claimed_epsilon,
-            "epsilon_lower_bound": self.one_run.epsilon_lower_bound,
-            "bound_over_claimed": self.one_run.epsilon_lower_bound / self.claimed_epsilon
+            "epsilon_lower_bound": self.epsilon_lower_bound,
+            "bound_over_claimed": self.epsilon_lower_bound / self.claimed_epsilon
             if self.claimed_epsilon > 0
             else None,
+            "bound": "one-run (epsilon, delta)" if self.fdp is None else "one-run f-DP",
+            "tradeoff_rejected": None if self.fdp is None else self.fdp.claim_rejected,
+            "guesses": (self.one_run if self.fdp is None else self.fdp).num_guesses,
+            "correct": (self.one_run if self.fdp is None else self.fdp).num_correct,
             "epsilon_estimate": self.estimate,
             "one_run": self.one_run.to_dict(),
+            "fdp": None if self.fdp is None else self.fdp.to_dict(),
             "threshold_bound": self.threshold.to_dict(),
             "runs": [
                 {
@@ -231,6 +246,11 @@ def run_audit(
     included = np.concatenate([r.included for r in runs])
     delta = config.dp.delta
     result = one_run_audit(scores, included, delta=delta, confidence=settings.confidence)
+    histories = [h for r in runs for h in r.histories]
+    fdp = None
+    if histories and all(r.histories for r in runs):
+        family = EventsFamily(histories, delta=delta)
+        fdp = fdp_audit(scores, included, family=family, confidence=settings.confidence)
     inserted, held_out = scores[included], scores[~included]
     return AuditReport(
         mode=config.dp.mode,
@@ -239,6 +259,7 @@ def run_audit(
         delta=delta,
         claimed_epsilon=max(r.claimed_epsilon for r in runs),
         one_run=result,
+        fdp=fdp,
         threshold=canary_epsilon_lower_bound(
             inserted=inserted, held_out=held_out, delta=delta, confidence=settings.confidence
         ),
@@ -333,7 +354,16 @@ def _audit_dpsgd(
     spent = [
         math.inf if v is None else float(v) for k, v in summary["client_epsilons"].items() if k in owners
     ]
-    return SeedAudit(run_dir, max(spent, default=0.0), scores, included)
+    histories: dict[str, list[GaussianEvent]] = {k: [] for k in owners}
+    for reports in releases.reports:
+        for report in reports:
+            if report.client_id in histories and report.noise_multiplier > 0.0:
+                histories[report.client_id].append(
+                    GaussianEvent(noise_multiplier=report.noise_multiplier, sample_rate=report.sample_rate,
+                                  steps=report.steps)
+                )  # fmt: skip
+    trained = tuple(tuple(h) for h in histories.values() if h)
+    return SeedAudit(run_dir, max(spent, default=0.0), scores, included, trained)
 
 
 def _update_scores(
@@ -403,7 +433,11 @@ def _audit_user_level(
         per_round = _cosines(directions, changes)
         scores = per_round.max(axis=1) if config.server.fraction_train < 1.0 else per_round.sum(axis=1)
     claimed = float(summary["epsilon_user"])  # central: dp-fedavg; distributed: skellam-ddp (server)
-    return SeedAudit(run_dir, claimed, scores, included)
+    histories: tuple[tuple[GaussianEvent, ...], ...] = ()
+    if config.dp.mode == "central" and changes:
+        event = central_settings(config, num_clients=n + m).round_event()
+        histories = ((event,) * len(changes),)
+    return SeedAudit(run_dir, claimed, scores, included, histories)
 
 
 def _cosines(directions: npt.NDArray[np.float64], changes: Sequence[npt.NDArray[np.float64]]) -> Any:
