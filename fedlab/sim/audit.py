@@ -2,9 +2,15 @@
 
 Each of ``seeds`` runs (run seed ``run.seed + s``) inserts ``canaries`` canaries, each with
 probability 1/2 from the auditor's generator, trains on the inline simulator, scores every
-canary from what the threat sees, and the scores of all runs together give a one-run lower
-bound (:func:`~fedlab.privacy.auditing.one_run_audit`: rigorous for any mechanism, at the given
-confidence) and Andrew et al.'s estimate (:func:`~fedlab.privacy.auditing.canary_epsilon_estimate`).
+canary from what the threat sees, and the scores of all runs together give the lower bounds and
+Andrew et al.'s estimate (:func:`~fedlab.privacy.auditing.canary_epsilon_estimate`). The headline
+bound, where the canaries' mechanism is a history of Gaussian releases (DP-SGD: each canary
+client's steps; central: the run's rounds), is the one-run f-DP bound
+(:func:`~fedlab.privacy.auditing.fdp_audit`) against those releases with their noise scaled
+(its ``claim_rejected``: the run's own trade-off is refuted, for any mechanism); otherwise
+(distributed DP) the one-run (epsilon, delta) bound
+(:func:`~fedlab.privacy.auditing.one_run_audit`, rigorous for any mechanism), which is always
+reported too.
 
 Sample-level DP-SGD (``dpsgd``; canary examples, add/remove one example, claimed: the largest
 epsilon of a client holding canaries):
@@ -54,13 +60,14 @@ from fedlab.data.federated import build_federated_data
 from fedlab.data.types import ArrayDataset, FederatedData
 from fedlab.privacy.auditing import (
     CanaryBound,
+    EventsFamily,
+    FdpResult,
     OneRunResult,
     canary_epsilon_estimate,
     canary_epsilon_lower_bound,
+    fdp_audit,
     one_run_audit,
 )
-from fedlab.privacy.auditing.fdp import FdpResult, fdp_audit
-from fedlab.privacy.auditing.tradeoffs import EventsFamily
 from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.audit_canaries import CanaryClients, CanaryData, random_directions
 from fedlab.sim.hooks import InlineHooks

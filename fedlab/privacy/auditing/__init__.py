@@ -12,6 +12,12 @@ computed from (the final model, or every released aggregate):
   k- lowest scores and abstains on the rest. :func:`one_run_epsilon_lower_bound`
   turns the number of correct guesses into an epsilon that is ruled out at a
   confidence level; :func:`one_run_audit` does the whole audit from scores.
+- **One run, f-DP** (Mahloujifar, Melis & Chaudhuri 2025, "Auditing f-differential privacy in
+  one run", ICML): the same game, tested against a whole trade-off curve instead of one
+  (epsilon, delta) pair, which is far tighter for Gaussian noise. :func:`fdp_rejects` tests one
+  trade-off; :func:`fdp_audit` finds the smallest noise scale of a family of claims
+  (:class:`EventsFamily`: the run's own Gaussian releases with scaled noise) that the canaries
+  reject. Rejecting scale 1 refutes the claimed trade-off for any mechanism.
 - **Threshold attack with Clopper-Pearson intervals** (Jagielski, Ullman & Oprea
   2020, "Auditing differentially private machine learning: how private is
   private SGD?", NeurIPS): :func:`epsilon_lower_bound_from_rates` for one
@@ -33,6 +39,7 @@ canaries do not interact (Andrew et al. argue it asymptotically for random
 high-dimensional canaries under the Gaussian mechanism).
 """
 
+from fedlab.privacy.auditing.fdp import FdpResult, MechanismFamily, fdp_audit, fdp_p_value, fdp_rejects
 from fedlab.privacy.auditing.gaussians import (
     canary_epsilon_estimate,
     gdp_epsilon,
@@ -53,15 +60,32 @@ from fedlab.privacy.auditing.rates import (
     clopper_pearson,
     epsilon_lower_bound_from_rates,
 )
+from fedlab.privacy.auditing.tradeoffs import (
+    EventsFamily,
+    GaussianTradeoff,
+    ProfileTradeoff,
+    Tradeoff,
+    events_tradeoff,
+)
 
 __all__ = [
     "CanaryBound",
+    "EventsFamily",
+    "FdpResult",
+    "GaussianTradeoff",
+    "MechanismFamily",
     "OneRunResult",
+    "ProfileTradeoff",
+    "Tradeoff",
     "canary_epsilon_estimate",
     "canary_epsilon_lower_bound",
     "clopper_pearson",
     "count_correct_guesses",
     "epsilon_lower_bound_from_rates",
+    "events_tradeoff",
+    "fdp_audit",
+    "fdp_p_value",
+    "fdp_rejects",
     "gdp_epsilon",
     "one_run_audit",
     "one_run_epsilon_lower_bound",
