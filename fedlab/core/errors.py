@@ -15,7 +15,3 @@ class DataError(FedlabError):
 
 class LedgerError(FedlabError):
     """The privacy ledger is missing, unreadable or inconsistent."""
-
-
-class BudgetExhaustedError(FedlabError):
-    """A release would spend more privacy budget than allowed."""

@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedlab.privacy.events import GaussianEvent
-from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 
@@ -199,23 +198,6 @@ def split_noise_multiplier(*, total_noise_multiplier: float, count_noise_std: fl
             "the clipped-count release alone would spend the whole budget; raise count_noise_std"
         )
     return float((z**-2 - (2.0 * sigma_b) ** -2) ** -0.5)
-
-
-def round_mechanism(state: AdaptiveClipState, *, total_noise_multiplier: float) -> GaussianMechanism:
-    """Returns this round's update mechanism: clip norm C, noise multiplier z_delta.
-
-    Args:
-        state: This round's state.
-        total_noise_multiplier: z, the round's noise multiplier as accounted.
-
-    Returns:
-        The mechanism that clips and noises the updates.
-
-    """
-    z_delta = split_noise_multiplier(
-        total_noise_multiplier=total_noise_multiplier, count_noise_std=state.count_noise_std
-    )
-    return GaussianMechanism(clip_norm=state.clip_norm, noise_multiplier=z_delta)
 
 
 def round_event(*, total_noise_multiplier: float, sample_rate: float, steps: int = 1) -> GaussianEvent:

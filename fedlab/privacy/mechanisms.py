@@ -10,8 +10,8 @@ One round of DP-FedAvg with the server adding the noise:
    returns privacy metrics as values: fraction clipped, norms);
 4. the server *adds noise* N(0, (z*C)^2) per coordinate once to the sum and
    divides by a fixed denominator (:meth:`GaussianMechanism.add_noise`);
-5. the release is described by an event (:meth:`GaussianMechanism.event`),
-   which the accountant composes.
+5. the release is described by a :class:`~fedlab.privacy.events.GaussianEvent`
+   (noise multiplier z, sample rate q), which the accountant composes.
 
 Sensitivity assumption (what the accountant assumes): adding or removing one
 client changes the sum by at most C in L2 norm. This holds for *uniform
@@ -42,7 +42,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedlab.core.update import Update
-from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 
@@ -96,8 +95,6 @@ class GaussianMechanism:
         1.0
         >>> mech.noise_std(denominator=100.0)
         0.011000000000000001
-        >>> mech.event(sample_rate=0.01, steps=10)
-        GaussianEvent(noise_multiplier=1.1, sample_rate=0.01, steps=10)
 
     """
 
@@ -224,19 +221,6 @@ class GaussianMechanism:
         """
         _check_denominator(denominator)
         return self.noise_multiplier * self.clip_norm / denominator
-
-    def event(self, *, sample_rate: float, steps: int = 1) -> GaussianEvent:
-        """Describes ``steps`` releases with Poisson sampling rate ``sample_rate`` for the accountant.
-
-        Args:
-            sample_rate: The probability q with which each client was sampled, in (0, 1].
-            steps: Number of identical releases (rounds).
-
-        Returns:
-            The event (noise multiplier z: the sensitivity is C).
-
-        """
-        return GaussianEvent(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate, steps=steps)
 
 
 def clipped_sum(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedlab.core.config import DpSection, TrainSection
+from fedlab.core.config import TrainSection
 from fedlab.core.update import Update
 from fedlab.training.accounting import ACCOUNTANTS, PrivacyStep
 
@@ -88,34 +88,6 @@ class DpSgdSpec:
             raise ValueError(f"delta must be in (0, 1); got {self.delta!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}; got {self.accountant!r}")
-
-    @classmethod
-    def from_config(cls, dp: DpSection, *, noise_multiplier: float | None = None) -> DpSgdSpec:
-        """Build the spec from a ``[dp]`` section with ``mode = "dpsgd"``.
-
-        Args:
-            dp: The section.
-            noise_multiplier: The calibrated multiplier (see
-                :func:`noise_multiplier_for_epsilon`); required when the section sets
-                ``target_epsilon``, forbidden when it sets ``noise_multiplier``.
-
-        Raises:
-            ValueError: If the section is not DP-SGD or the multiplier is missing or
-                given twice.
-
-        """
-        if dp.mode != "dpsgd":
-            raise ValueError(f"dp.mode is {dp.mode!r}, not 'dpsgd'")
-        if (dp.noise_multiplier is None) == (noise_multiplier is None):
-            raise ValueError("give the noise multiplier exactly once: in the section or calibrated")
-        chosen = dp.noise_multiplier if dp.noise_multiplier is not None else noise_multiplier
-        assert chosen is not None
-        return cls(
-            noise_multiplier=chosen,
-            max_grad_norm=dp.max_grad_norm,
-            delta=dp.delta,
-            accountant=dp.resolved_accountant,
-        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from fedlab.core.update import Update
-from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.mechanisms import ClipStats, GaussianMechanism, clipped_sum
 
 
@@ -207,16 +206,7 @@ def test_weighted_sum_refuses_weights_outside_unit_interval():
     clipped_sum([update_of(np.ones(2), weight=120.0)], mech)  # uniform ignores the weight
 
 
-# --- events and validation ---------------------------------------------------------------------
-
-
-def test_event_describes_the_release():
-    mech = GaussianMechanism(clip_norm=0.5, noise_multiplier=1.3)
-    assert mech.event(sample_rate=0.01, steps=7) == GaussianEvent(
-        noise_multiplier=1.3, sample_rate=0.01, steps=7
-    )
-    with pytest.raises(TypeError):
-        mech.event(0.01)  # type: ignore[misc]
+# --- validation ---------------------------------------------------------------------
 
 
 def test_mechanism_validates_and_is_keyword_only():

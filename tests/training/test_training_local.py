@@ -6,7 +6,7 @@ import torch
 from opacus.accountants import create_accountant
 from training_helpers import BACKWARD_HOOK_WARNING, blobs, dp_accounting_rdp_epsilon, dpsgd, sgd
 
-from fedlab.core.config import DpSection, TrainSection
+from fedlab.core.config import TrainSection
 from fedlab.training import (
     DpSgdSpec,
     LocalTrainer,
@@ -281,14 +281,6 @@ def test_evaluate_on_a_tiny_known_case():
 def test_specs_from_config():
     optim = OptimSpec.from_config(TrainSection(batch_size=8, lr=0.2, local_epochs=3))
     assert (optim.batch_size, optim.lr, optim.local_epochs, optim.optimizer) == (8, 0.2, 3, "sgd")
-    given = DpSgdSpec.from_config(DpSection(mode="dpsgd", noise_multiplier=1.3, accountant="prv"))
-    assert (given.noise_multiplier, given.accountant, given.delta) == (1.3, "prv", 1e-5)
-    calibrated = DpSgdSpec.from_config(DpSection(mode="dpsgd", target_epsilon=3.0), noise_multiplier=0.9)
-    assert calibrated.noise_multiplier == 0.9
-    with pytest.raises(ValueError):
-        DpSgdSpec.from_config(DpSection(mode="dpsgd", target_epsilon=3.0))
-    with pytest.raises(ValueError):
-        DpSgdSpec.from_config(DpSection())
 
 
 def test_float_dp_arguments_are_keyword_only():
