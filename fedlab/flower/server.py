@@ -1,8 +1,9 @@
 """fedlab's Message-API ServerApp: drives rounds through the Grid, nothing more.
 
-The round logic is transport-free: the strategy samples and aggregates deltas,
+The round logic is transport-free (:func:`~fedlab.algorithms.runs.run_configured`
+samples, aggregates and applies the privacy mechanism;
 :class:`~fedlab.training.recorder.RunRecorder` commits privacy spending before it
-releases each global model. This module only moves messages.
+releases each global model). This module only moves messages.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedlab.algorithms.federation import RoundPlan
@@ -26,9 +27,8 @@ from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.data.federated import build_federated_data
 from fedlab.flower.exchange import exchange
-from fedlab.flower.records import arrays_record, client_id_from_content, split_replies
+from fedlab.flower.records import ARRAYS, CONFIG, arrays_record, client_id_from_content, split_replies
 from fedlab.flower.secure_transport import FlowerSecureTransport
-from fedlab.flower.strategy import FedlabFedAvg
 from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import RunRecorder
 
@@ -96,22 +96,19 @@ def discover_clients(grid: Grid, node_ids: Sequence[int], *, timeout: float) -> 
 
 
 class FlowerTransport:
-    """Carries rounds over a Flower Grid: the strategy builds the messages, the Grid moves them.
+    """Carries rounds over a Flower Grid: one train message per planned client's node.
 
     Args:
         grid: The Grid of the running ServerApp.
-        strategy: Builds train messages (and maps client ids to node ids).
         clients: Node id to client id, from the identity query.
         timeout: Seconds to wait for a round's replies; late clients count as failed. A client
             whose node drops and rejoins within it is asked again (see :func:`exchange`).
     """
 
-    def __init__(
-        self, grid: Grid, strategy: FedlabFedAvg, clients: Mapping[int, str], *, timeout: float
-    ) -> None:
+    def __init__(self, grid: Grid, clients: Mapping[int, str], *, timeout: float) -> None:
         self._grid = grid
-        self._strategy = strategy
         self._clients = dict(clients)
+        self._node_of = {client_id: node for node, client_id in clients.items()}
         self._timeout = timeout
 
     def available_clients(self) -> list[str]:
@@ -122,12 +119,12 @@ class FlowerTransport:
     def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
         """Send the planned clients the model and the round seed; decode their replies."""
         config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num, **plan.instructions})
-        nodes = [self._strategy.node_of(cid) for cid in plan.client_ids]
+        nodes = [self._node_of[cid] for cid in plan.client_ids]
         arrays = arrays_record(weights)
         replies = split_replies(
             exchange(
                 self._grid,
-                lambda targets: self._strategy.messages_for(targets, arrays, config),
+                lambda targets: train_messages(targets, arrays, config),
                 nodes,
                 timeout=self._timeout,
             )
@@ -135,6 +132,12 @@ class FlowerTransport:
         for reason in replies.failures:
             LOG.warning("round %d: dropped a reply: %s", plan.round_num, reason)
         return replies
+
+
+def train_messages(node_ids: Sequence[int], arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
+    """One train message per node, each carrying the global model and the round config."""
+    content = RecordDict({ARRAYS: arrays, CONFIG: config})
+    return [Message(content=content, dst_node_id=n, message_type=MessageType.TRAIN) for n in node_ids]
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
@@ -153,14 +156,8 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     )
     nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
     clients = discover_clients(grid, nodes, timeout=config.server.timeout)
-    strategy = FedlabFedAvg(
-        fraction_train=config.server.fraction_train,
-        min_available_nodes=settings.min_nodes,
-        rng=np.random.default_rng([config.run.seed, 1]),
-        clients=clients,
-    )
     transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
-        grid, strategy, clients, timeout=config.server.timeout
+        grid, clients, timeout=config.server.timeout
     )
     if config.secagg.enabled:
         transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)

@@ -1,8 +1,8 @@
 """Differential privacy: events, accountants, calibration and the privacy ledger.
 
 Mechanisms describe what they released as :class:`GaussianEvent` records;
-accountants (:class:`PldAccountant`, tight and the default, or
-:class:`RdpAccountant`) compose them into an (epsilon, delta) guarantee;
+accountants (:class:`PldAccountant`, tight and the default,
+:class:`RdpAccountant`, or the PRV accountant of :mod:`fedlab.privacy.prv`) compose them into an (epsilon, delta) guarantee;
 :func:`calibrate_noise_multiplier` finds the smallest noise that meets a budget
 and never overshoots it. Float DP arguments are keyword-only everywhere.
 
@@ -15,8 +15,9 @@ is the durable record of what was spent. It guarantees that:
 - a round is durable when :meth:`PrivacyLedger.commit_round` returns (WAL,
   ``synchronous=FULL``), so committing before releasing a round's result means no
   released result is ever missing from the ledger;
-- rounds are contiguous (1, 2, 3, ...) and never committed twice: a resumed run
-  continues from ``last_round() + 1``, spending no budget twice and losing none;
+- rounds are contiguous (1, 2, 3, ...) and never committed twice
+  (:meth:`PrivacyLedger.last_round` says where a run stopped; fedlab does not yet
+  resume a stopped run);
 - an existing ledger is never overwritten, and opening checks it is a consistent
   fedlab ledger (:class:`~fedlab.core.errors.LedgerError` otherwise);
 - a client's total epsilon is the maximum of its recorded cumulative epsilons,
