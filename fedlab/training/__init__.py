@@ -4,10 +4,13 @@ Data comes in as numpy arrays (``x`` float32 ``(n, *feature_shape)``, ``y`` int6
 weights go in and out as lists of float32 arrays in ``state_dict`` order; the update
 is a :class:`fedlab.core.update.Update` holding the delta. Privacy spending is an
 Opacus accountant history (:class:`PrivacyStep` entries) carried by the caller.
+The package also holds what runs around local training: the client runtime, the
+run recorder, the SecAgg+ client and the device's privacy budget.
 
-This package imports torch, opacus, numpy and :mod:`fedlab.core` only, keeps no
-module-level mutable state and draws every random number from an explicit
-generator derived from a seed the caller passes in.
+It imports torch, opacus, numpy and the lower fedlab layers (core, data, privacy,
+secagg), keeps no module-level mutable state, and draws every random number from
+an explicit generator: seeded by the caller, or keyed by a fresh secret
+(:mod:`fedlab.training.randomness`).
 """
 
 from fedlab.training.accounting import (
