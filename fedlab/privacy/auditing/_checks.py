@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
-def _check_one_run_counts(num_canaries: int, num_guesses: int, num_correct: int) -> tuple[int, int, int]:
-    m = _check_int("num_canaries", num_canaries, minimum=1)
-    r = _check_int("num_guesses", num_guesses, minimum=0)
-    v = _check_int("num_correct", num_correct, minimum=0)
+def check_one_run_counts(num_canaries: int, num_guesses: int, num_correct: int) -> tuple[int, int, int]:
+    m = check_int("num_canaries", num_canaries, minimum=1)
+    r = check_int("num_guesses", num_guesses, minimum=0)
+    v = check_int("num_correct", num_correct, minimum=0)
     if r > m:
         raise ValueError(f"num_guesses must be <= num_canaries ({m}); got {r}")
     if v > r:
@@ -20,7 +21,7 @@ def _check_one_run_counts(num_canaries: int, num_guesses: int, num_correct: int)
     return m, r, v
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> int:
+def check_int(name: str, value: object, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer; got {value!r}")
     if int(value) < minimum:
@@ -28,22 +29,22 @@ def _check_int(name: str, value: object, *, minimum: int) -> int:
     return int(value)
 
 
-def _check_confidence(confidence: float) -> None:
+def check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
 
 
-def _check_delta_closed(delta: float) -> None:
+def check_delta_closed(delta: float) -> None:
     if not 0.0 <= delta < 1.0:
         raise ValueError(f"delta must be in [0, 1); got {delta!r}")
 
 
-def _check_delta_open(delta: float) -> None:
+def check_delta_open(delta: float) -> None:
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1); got {delta!r}")
 
 
-def _check_scores(name: str, scores: ArrayLike) -> NDArray[np.float64]:
+def check_scores(name: str, scores: ArrayLike) -> NDArray[np.float64]:
     try:
         values = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError):
@@ -55,7 +56,7 @@ def _check_scores(name: str, scores: ArrayLike) -> NDArray[np.float64]:
     return values
 
 
-def _check_included(included: ArrayLike, size: int) -> NDArray[np.bool_]:
+def check_included(included: ArrayLike, size: int) -> NDArray[np.bool_]:
     raw = np.asarray(included)
     if raw.ndim != 1 or raw.size != size:
         raise ValueError(f"included must be a 1-D array of length {size}; got shape {raw.shape}")
@@ -64,10 +65,25 @@ def _check_included(included: ArrayLike, size: int) -> NDArray[np.bool_]:
     return raw.astype(np.bool_)
 
 
-def _check_gaussians(mean_a: float, std_a: float, mean_b: float, std_b: float) -> None:
+def check_gaussians(mean_a: float, std_a: float, mean_b: float, std_b: float) -> None:
     for name, mean in (("mean_a", mean_a), ("mean_b", mean_b)):
         if not math.isfinite(mean):
             raise ValueError(f"{name} must be finite; got {mean!r}")
     for name, std in (("std_a", std_a), ("std_b", std_b)):
         if not (math.isfinite(std) and std > 0.0):
             raise ValueError(f"{name} must be finite and > 0; got {std!r}")
+
+
+def check_splits(guess_counts: Sequence[tuple[int, int]], m: int) -> list[tuple[int, int]]:
+    splits: list[tuple[int, int]] = []
+    for item in guess_counts:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ValueError(f"each guess count must be a pair (num_positive, num_negative); got {item!r}")
+        k_pos = check_int("num_positive", item[0], minimum=0)
+        k_neg = check_int("num_negative", item[1], minimum=0)
+        if k_pos + k_neg > m:
+            raise ValueError(f"guess count {item!r} makes more than {m} guesses (the number of canaries)")
+        splits.append((k_pos, k_neg))
+    if not splits:
+        raise ValueError("guess_counts must not be empty")
+    return splits

@@ -43,13 +43,13 @@ from typing import Any, Protocol
 from numpy.typing import ArrayLike
 
 from fedlab.privacy.auditing._checks import (
-    _check_confidence,
-    _check_included,
-    _check_one_run_counts,
-    _check_scores,
+    check_confidence,
+    check_included,
+    check_one_run_counts,
+    check_scores,
+    check_splits,
 )
 from fedlab.privacy.auditing.one_run import (
-    _check_splits,
     count_correct_guesses,
     one_run_guesses,
 )
@@ -144,7 +144,7 @@ def fdp_rejects(
         False
 
     """
-    m, n, c = _check_one_run_counts(num_canaries, num_guesses, num_correct)
+    m, n, c = check_one_run_counts(num_canaries, num_guesses, num_correct)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}")
     return _least_mass(tradeoff, m, n, c, float(alpha)) > 1.0 + _MARGIN
@@ -174,7 +174,7 @@ def fdp_p_value(tradeoff: Tradeoff, *, num_canaries: int, num_guesses: int, num_
         1.0
 
     """
-    m, n, c = _check_one_run_counts(num_canaries, num_guesses, num_correct)
+    m, n, c = check_one_run_counts(num_canaries, num_guesses, num_correct)
 
     def rejected(alpha: float) -> bool:
         return _least_mass(tradeoff, m, n, c, alpha) > 1.0 + _MARGIN
@@ -237,11 +237,11 @@ def fdp_audit(
         (True, True)
 
     """
-    values = _check_scores("scores", scores)
+    values = check_scores("scores", scores)
     m = values.size
-    inc = _check_included(included, m)
-    _check_confidence(confidence)
-    splits = _fdp_splits(m) if guess_counts is None else _check_splits(guess_counts, m)
+    inc = check_included(included, m)
+    check_confidence(confidence)
+    splits = _fdp_splits(m) if guess_counts is None else check_splits(guess_counts, m)
     alpha = (1.0 - float(confidence)) / len(splits)
     guesses = [one_run_guesses(values, num_positive=k_pos, num_negative=k_neg) for k_pos, k_neg in splits]
     counts = [(sum(split), count_correct_guesses(g, inc)) for split, g in zip(splits, guesses, strict=True)]

@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 from scipy import optimize, special
 
 from fedlab.privacy.analytic import gaussian_epsilon
-from fedlab.privacy.auditing._checks import _check_delta_open, _check_gaussians, _check_scores
+from fedlab.privacy.auditing._checks import check_delta_open, check_gaussians, check_scores
 
 _EPSILON_CEILING = 1e6
 """Largest epsilon searched by :func:`two_gaussian_epsilon`; beyond it the answer is ``inf``."""
@@ -44,7 +44,7 @@ def gdp_epsilon(*, mu: float, delta: float) -> float:
     """
     if not (math.isfinite(mu) and mu >= 0.0):
         raise ValueError(f"mu must be finite and >= 0; got {mu!r}")
-    _check_delta_open(delta)
+    check_delta_open(delta)
     if mu == 0.0:
         return 0.0
     return gaussian_epsilon(noise_multiplier=1.0 / mu, delta=delta)
@@ -76,7 +76,7 @@ def two_gaussian_delta(*, mean_a: float, std_a: float, mean_b: float, std_b: flo
         0.126937
 
     """
-    _check_gaussians(mean_a, std_a, mean_b, std_b)
+    check_gaussians(mean_a, std_a, mean_b, std_b)
     if not (math.isfinite(epsilon) and epsilon >= 0.0):
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
     return math.exp(_log_two_gaussian_delta(mean_a, std_a, mean_b, std_b, float(epsilon)))
@@ -111,8 +111,8 @@ def two_gaussian_epsilon(*, mean_a: float, std_a: float, mean_b: float, std_b: f
         3.6348
 
     """
-    _check_gaussians(mean_a, std_a, mean_b, std_b)
-    _check_delta_open(delta)
+    check_gaussians(mean_a, std_a, mean_b, std_b)
+    check_delta_open(delta)
     if std_a == std_b:
         return gdp_epsilon(mu=abs(mean_a - mean_b) / std_a, delta=delta)
     log_delta = math.log(delta)
@@ -167,9 +167,9 @@ def canary_epsilon_estimate(*, inserted: ArrayLike, held_out: ArrayLike, delta: 
         10.0
 
     """
-    pos = _check_scores("inserted", inserted)
-    neg = _check_scores("held_out", held_out)
-    _check_delta_open(delta)
+    pos = check_scores("inserted", inserted)
+    neg = check_scores("held_out", held_out)
+    check_delta_open(delta)
     if pos.size < 2 or neg.size < 2:
         raise ValueError(f"need at least 2 inserted and 2 held-out statistics; got {pos.size} and {neg.size}")
     std_pos, std_neg = float(np.std(pos, ddof=1)), float(np.std(neg, ddof=1))

@@ -12,12 +12,13 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import special, stats
 
 from fedlab.privacy.auditing._checks import (
-    _check_confidence,
-    _check_delta_closed,
-    _check_included,
-    _check_int,
-    _check_one_run_counts,
-    _check_scores,
+    check_confidence,
+    check_delta_closed,
+    check_included,
+    check_int,
+    check_one_run_counts,
+    check_scores,
+    check_splits,
 )
 
 
@@ -99,10 +100,10 @@ def one_run_p_value(
         1.0
 
     """
-    m, r, v = _check_one_run_counts(num_canaries, num_guesses, num_correct)
+    m, r, v = check_one_run_counts(num_canaries, num_guesses, num_correct)
     if not (math.isfinite(epsilon) and epsilon >= 0.0):
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon!r}")
-    _check_delta_closed(delta)
+    check_delta_closed(delta)
     return _one_run_p_value(m, r, v, float(epsilon), float(delta))
 
 
@@ -140,9 +141,9 @@ def one_run_epsilon_lower_bound(
         0.0
 
     """
-    m, r, v = _check_one_run_counts(num_canaries, num_guesses, num_correct)
-    _check_delta_closed(delta)
-    _check_confidence(confidence)
+    m, r, v = check_one_run_counts(num_canaries, num_guesses, num_correct)
+    check_delta_closed(delta)
+    check_confidence(confidence)
     return _one_run_epsilon(m, r, v, float(delta), 1.0 - float(confidence))
 
 
@@ -171,10 +172,10 @@ def one_run_guesses(scores: ArrayLike, *, num_positive: int, num_negative: int) 
         [0, 1, 0, 1, -1]
 
     """
-    values = _check_scores("scores", scores)
+    values = check_scores("scores", scores)
     m = values.size
-    k_pos = _check_int("num_positive", num_positive, minimum=0)
-    k_neg = _check_int("num_negative", num_negative, minimum=0)
+    k_pos = check_int("num_positive", num_positive, minimum=0)
+    k_neg = check_int("num_negative", num_negative, minimum=0)
     if k_pos + k_neg > m:
         raise ValueError(
             f"num_positive + num_negative must be <= {m} (the number of scores); got {k_pos + k_neg}"
@@ -209,7 +210,7 @@ def count_correct_guesses(guesses: ArrayLike, included: ArrayLike) -> int:
         raise ValueError(f"guesses must be a non-empty 1-D array; got shape {g.shape}")
     if not np.all(np.isin(g, (-1, 0, 1))):
         raise ValueError("guesses must take values in {+1, -1, 0}")
-    inc = _check_included(included, g.size)
+    inc = check_included(included, g.size)
     return int(np.sum((g == 1) & inc) + np.sum((g == -1) & ~inc))
 
 
@@ -251,12 +252,12 @@ def one_run_audit(
         ((50, 50), 100, 3.281)
 
     """
-    values = _check_scores("scores", scores)
+    values = check_scores("scores", scores)
     m = values.size
-    inc = _check_included(included, m)
-    _check_delta_closed(delta)
-    _check_confidence(confidence)
-    splits = _default_splits(m) if guess_counts is None else _check_splits(guess_counts, m)
+    inc = check_included(included, m)
+    check_delta_closed(delta)
+    check_confidence(confidence)
+    splits = _default_splits(m) if guess_counts is None else check_splits(guess_counts, m)
     split_confidence = 1.0 - (1.0 - float(confidence)) / len(splits)
     best: tuple[float, int, int, tuple[int, int]] | None = None
     for k_pos, k_neg in splits:
@@ -316,18 +317,3 @@ def _default_splits(m: int) -> list[tuple[int, int]]:
         if k >= 1 and (k, k) not in splits:
             splits.append((k, k))
     return splits or [(m, 0)]
-
-
-def _check_splits(guess_counts: Sequence[tuple[int, int]], m: int) -> list[tuple[int, int]]:
-    splits: list[tuple[int, int]] = []
-    for item in guess_counts:
-        if not isinstance(item, tuple | list) or len(item) != 2:
-            raise ValueError(f"each guess count must be a pair (num_positive, num_negative); got {item!r}")
-        k_pos = _check_int("num_positive", item[0], minimum=0)
-        k_neg = _check_int("num_negative", item[1], minimum=0)
-        if k_pos + k_neg > m:
-            raise ValueError(f"guess count {item!r} makes more than {m} guesses (the number of canaries)")
-        splits.append((k_pos, k_neg))
-    if not splits:
-        raise ValueError("guess_counts must not be empty")
-    return splits

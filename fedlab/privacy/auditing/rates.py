@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
-from fedlab.privacy.auditing._checks import _check_confidence, _check_delta_closed, _check_int, _check_scores
+from fedlab.privacy.auditing._checks import check_confidence, check_delta_closed, check_int, check_scores
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,11 +74,11 @@ def clopper_pearson(*, successes: int, trials: int, confidence: float) -> tuple[
         (0.0025, 0.445)
 
     """
-    k = _check_int("successes", successes, minimum=0)
-    n = _check_int("trials", trials, minimum=1)
+    k = check_int("successes", successes, minimum=0)
+    n = check_int("trials", trials, minimum=1)
     if k > n:
         raise ValueError(f"successes must be <= trials ({n}); got {k}")
-    _check_confidence(confidence)
+    check_confidence(confidence)
     tail = (1.0 - float(confidence)) / 2.0
     low = float(_cp_lower(np.array([k]), n, tail)[0])
     high = float(_cp_upper(np.array([k]), n, tail)[0])
@@ -132,16 +132,16 @@ def epsilon_lower_bound_from_rates(
         0.0
 
     """
-    pos = _check_int("positives", positives, minimum=1)
-    neg = _check_int("negatives", negatives, minimum=1)
-    tp = _check_int("true_positives", true_positives, minimum=0)
-    fp = _check_int("false_positives", false_positives, minimum=0)
+    pos = check_int("positives", positives, minimum=1)
+    neg = check_int("negatives", negatives, minimum=1)
+    tp = check_int("true_positives", true_positives, minimum=0)
+    fp = check_int("false_positives", false_positives, minimum=0)
     if tp > pos:
         raise ValueError(f"true_positives must be <= positives ({pos}); got {tp}")
     if fp > neg:
         raise ValueError(f"false_positives must be <= negatives ({neg}); got {fp}")
-    _check_delta_closed(delta)
-    _check_confidence(confidence)
+    check_delta_closed(delta)
+    check_confidence(confidence)
     tail = (1.0 - float(confidence)) / 2.0
     eps = _rate_bounds(np.array([tp]), pos, np.array([fp]), neg, float(delta), tail, tail)
     return float(eps[0])
@@ -186,10 +186,10 @@ def canary_epsilon_lower_bound(
         3.912
 
     """
-    pos_values = np.sort(_check_scores("inserted", inserted))
-    neg_values = np.sort(_check_scores("held_out", held_out))
-    _check_delta_closed(delta)
-    _check_confidence(confidence)
+    pos_values = np.sort(check_scores("inserted", inserted))
+    neg_values = np.sort(check_scores("held_out", held_out))
+    check_delta_closed(delta)
+    check_confidence(confidence)
     n_pos, n_neg = pos_values.size, neg_values.size
     alpha = 1.0 - float(confidence)
     thresholds = np.unique(np.concatenate([pos_values, neg_values]))
