@@ -1,6 +1,8 @@
 """One client's local training: plain minibatch SGD, or sample-level DP-SGD with Opacus.
 
-A :class:`LocalTrainer` is built once per client and reused every round. Under DP it
+A :class:`LocalTrainer` is built once per client and reused every round; the simulator
+builds one per worker and points it at each client in turn (:meth:`LocalTrainer.use_client`),
+so every client trains through the same code whoever hosts it. Under DP it
 wraps the model once in Opacus' ``GradSampleModule`` (per-sample gradients by hooks)
 and the optimizer once in Opacus' ``DPOptimizer`` (clip each per-sample gradient to
 ``max_grad_norm``, sum, add Gaussian noise of std ``noise_multiplier * max_grad_norm``,
@@ -54,7 +56,7 @@ from fedlab.training.accounting import (
     history_from_opacus,
     noise_multiplier_for_epsilon,
 )
-from fedlab.training.models import get_weights, set_weights
+from fedlab.training.models import set_weights, unwrap
 from fedlab.training.randomness import RoundStreams, StreamDPOptimizer, epoch_batches, start_streams
 from fedlab.training.specs import DpSgdSpec, OptimSpec, TrainResult, poisson_plan, poisson_sample_rate
 
@@ -71,6 +73,10 @@ __all__ = [
     "poisson_sample_rate",
     "start_streams",
 ]
+
+
+_EPSILON_MEMO_SIZE = 4096
+"""Histories whose epsilon a trainer remembers (clients of equal size share histories)."""
 
 
 @dataclass(frozen=True)
@@ -134,18 +140,48 @@ class LocalTrainer:
             raise ValueError(f"seed must be >= 0; got {seed}")
         if isinstance(model, AbstractGradSampleModule):
             raise ValueError("pass the plain module; LocalTrainer wraps it for Opacus itself")
-        self._x, self._y = _data_tensors(x, y, device)
         self._optim = optim
         self._device = device
         self._seed = seed
         self._streams = RoundStreams(device)
         model.to(device)
-        self._public = len(self._y) if public_size is None else public_size
-        if not 1 <= self._public <= len(self._y):
-            raise ValueError(f"public_size must be in [1, {len(self._y)}]; got {public_size}")
+        self._x, self._y, self._public = _client_tensors(x, y, public_size, device)
         self._dp = None if dp is None else _dp_parts(dp, num_examples=self._public, optim=optim)
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
         self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
+        self._tensors = list(unwrap(self._model).state_dict().values())  # the parameters' storage
+        self._epsilons: dict[tuple[PrivacyStep, ...], float] = {}
+
+    def use_client(
+        self, *, x: np.ndarray, y: np.ndarray, dp: DpSgdSpec | None, public_size: int | None = None
+    ) -> None:
+        """Train another client's data from now on, keeping the model, optimizer and Opacus wrapper.
+
+        The simulator trains many clients on one trainer this way; the next
+        :meth:`train_round` is exactly the round a trainer built for this client would run.
+
+        Args:
+            x: The client's features (as for the constructor).
+            y: The client's labels.
+            dp: Its DP-SGD parameters (its own noise multiplier); None exactly when this
+                trainer was built without DP.
+            public_size: Its public example count (see the constructor); None: n.
+
+        Raises:
+            ValueError: On bad data, or DP given to a trainer built without it (or the reverse).
+
+        """
+        if (dp is None) != (self._dp is None):
+            raise ValueError("a trainer keeps the DP setting it was built with")
+        self._x, self._y, self._public = _client_tensors(x, y, public_size, self._device)
+        if dp is not None:
+            self._dp = _dp_parts(dp, num_examples=self._public, optim=self._optim)
+            private = cast(StreamDPOptimizer, self._optimizer)
+            private.noise_multiplier = dp.noise_multiplier
+            private.max_grad_norm = dp.max_grad_norm
+            private.attach_step_hook(
+                self._dp.accountant.get_optimizer_hook_fn(sample_rate=self._dp.sample_rate)
+            )
 
     @property
     def model(self) -> nn.Module:
@@ -224,7 +260,8 @@ class LocalTrainer:
     def epsilon(self, history: Sequence[PrivacyStep]) -> float:
         """Return the epsilon at this trainer's delta of ``history``, with its accountant.
 
-        Without DP the only valid history is the empty one, reported as 0.0.
+        Without DP the only valid history is the empty one, reported as 0.0. Answers are
+        remembered per history (the client's delta and accountant are the run's).
 
         Raises:
             ValueError: If a non-empty history is given to a trainer without DP.
@@ -234,11 +271,27 @@ class LocalTrainer:
             if history:
                 raise ValueError("a trainer without DP has no delta or accountant to evaluate a history")
             return 0.0
-        return epsilon_from_history(history, delta=self._dp.spec.delta, accountant=self._dp.spec.accountant)
+        key = tuple(history)
+        cached = self._epsilons.get(key)
+        if cached is None:
+            if len(self._epsilons) >= _EPSILON_MEMO_SIZE:
+                self._epsilons.clear()
+            spec = self._dp.spec
+            cached = epsilon_from_history(key, delta=spec.delta, accountant=spec.accountant)
+            self._epsilons[key] = cached
+        return cached
 
     def _load_global_weights(self, global_weights: Sequence[np.ndarray]) -> list[np.ndarray]:
-        set_weights(self._model, global_weights)
-        return get_weights(self._model)
+        """Copy the weights into the model in place; return them as float32 (what the model holds)."""
+        received = [np.asarray(w, dtype=np.float32) for w in global_weights]
+        if len(received) != len(self._tensors) or any(
+            w.shape != tuple(t.shape) for w, t in zip(received, self._tensors, strict=True)
+        ):
+            set_weights(self._model, received)  # raises with the offending tensor's name
+        with torch.no_grad():
+            for tensor, array in zip(self._tensors, received, strict=True):
+                tensor.copy_(torch.from_numpy(array))
+        return received
 
     def _start_round(self, prior: tuple[PrivacyStep, ...]) -> None:
         self._optimizer.zero_grad(set_to_none=True)
@@ -275,7 +328,7 @@ class LocalTrainer:
         return after
 
     def _delta_update(self, received: list[np.ndarray]) -> Update:
-        local = get_weights(self._model)
+        local = [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in self._tensors]
         delta = tuple(
             np.subtract(new, old, dtype=np.float32) for new, old in zip(local, received, strict=True)
         )
@@ -361,6 +414,16 @@ def _data_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[t
         torch.tensor(x_arr, dtype=torch.float32, device=device),
         torch.tensor(y_arr, dtype=torch.long, device=device),
     )
+
+
+def _client_tensors(
+    x: np.ndarray, y: np.ndarray, public_size: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    x_t, y_t = _data_tensors(x, y, device)
+    public = len(y_t) if public_size is None else public_size
+    if not 1 <= public <= len(y_t):
+        raise ValueError(f"public_size must be in [1, {len(y_t)}]; got {public_size}")
+    return x_t, y_t, public
 
 
 def _model_device(model: nn.Module) -> torch.device:
