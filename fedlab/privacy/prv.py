@@ -44,12 +44,13 @@ reported epsilon is an upper bound, typically within 0.1-0.3% of the exact value
 (and of ``dp_accounting``'s PLD). FFT rounding limits deltas to about 1e-13 and
 above. The numerics live in :mod:`fedlab.privacy.prv_grid`.
 
-Why fedlab keeps its own PRV next to ``dp_accounting``'s PLD and Opacus' PRV: it is
-the only accountant here that certifies an interval (:meth:`PrvAccountant.epsilon_bounds`,
-a lower and an upper estimate with every error term bounded), which is what an
-independent check of the PLD numbers needs; Opacus' PRV reports one estimate with
-an error it does not bound, and works on Opacus histories only. Server-side
-``accountant = "prv"`` is this one; client-side (DP-SGD) ``"prv"`` is Opacus'.
+Why fedlab keeps its own PRV next to ``dp_accounting``'s PLD and Opacus' PRV: it
+composes fedlab's :class:`~fedlab.privacy.events.GaussianEvent` records through the
+:class:`~fedlab.privacy.accountants.Accountant` protocol and reports an interval
+(:meth:`PrvAccountant.epsilon_bounds`) from an algorithm independent of the PLD, which
+is how the tests check the PLD numbers; Opacus' PRV accounts Opacus optimizer
+histories. Server-side ``accountant = "prv"`` is this one; client-side (DP-SGD)
+``"prv"`` is Opacus'.
 """
 
 from __future__ import annotations
