@@ -262,7 +262,7 @@ def _fedlab_wire_bytes(
     message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse, stage: Stage
 ) -> int:
     """Length of fedlab's real JSON wire reply carrying ``message`` (no metadata)."""
-    from fedlab.training.secure_client import StageReply, reply_bytes
+    from fedlab.training.secure_wire import StageReply, reply_bytes
 
     return len(reply_bytes(StageReply(stage, message.round_id, message)))
 

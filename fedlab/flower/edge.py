@@ -73,7 +73,8 @@ from fedlab.training.device_budget import (
     round_charge,
 )
 from fedlab.training.randomness import fresh_secret
-from fedlab.training.secure_client import SecureClient, parse_call
+from fedlab.training.secure_client import SecureClient
+from fedlab.training.secure_wire import parse_call
 
 LOG = logging.getLogger("fedlab.client")
 

@@ -31,7 +31,7 @@ from fedlab.algorithms.secure_fedavg import (
 )
 from fedlab.flower.exchange import exchange
 from fedlab.flower.stages import call_parts, client_message
-from fedlab.training.secure_client import call_bytes, parse_reply
+from fedlab.training.secure_wire import call_bytes, parse_reply
 
 LOG = logging.getLogger("fedlab.secure_transport")
 

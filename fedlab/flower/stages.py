@@ -19,7 +19,7 @@ from fedlab.algorithms.secure_fedavg import (
     StageRequest,
 )
 from fedlab.secagg.messages import MaskedInput, NeighbourRoster
-from fedlab.training.secure_client import StageCall, StageReply, WireObject
+from fedlab.training.secure_wire import StageCall, StageReply, WireObject
 
 
 def call_parts(message: ServerStageMessage) -> dict[str, WireObject]:

@@ -1,8 +1,9 @@
 """Differential privacy: events, accountants, calibration and the privacy ledger.
 
 Mechanisms describe what they released as :class:`GaussianEvent` records;
-accountants (:class:`PldAccountant`, tight and the default,
-:class:`RdpAccountant`, or the PRV accountant of :mod:`fedlab.privacy.prv`) compose them into an (epsilon, delta) guarantee;
+accountants (:class:`PldAccountant`, tight and the default, :class:`RdpAccountant`,
+or the PRV accountant of :mod:`fedlab.privacy.prv`) compose them into an (epsilon,
+delta) guarantee;
 :func:`calibrate_noise_multiplier` finds the smallest noise that meets a budget
 and never overshoots it. Float DP arguments are keyword-only everywhere.
 

@@ -7,7 +7,7 @@ import pytest
 
 from fedlab.secagg.errors import Stage
 from fedlab.secagg.messages import EncryptedShares, KeyAdvert, MaskedInput, PublicKeys, UnmaskResponse
-from fedlab.training.secure_client import StageReply, parse_reply, reply_bytes
+from fedlab.training.secure_wire import StageReply, parse_reply, reply_bytes
 
 META = {"num-examples": 14.0, "epsilon": -1.0}
 
