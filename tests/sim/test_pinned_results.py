@@ -1,0 +1,38 @@
+"""Refactors keep results: the demo and the user-level config give the models and epsilons they gave.
+
+The numbers were measured at commit 4367d57 (before the consolidation of issue 13) with
+``fedlab simulate CONFIG --backend inline`` and again after it; a change that moves them is a
+change of behaviour, not a refactor.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedlab.cli.main import app
+
+SIMULATIONS = Path(__file__).resolve().parents[2] / "simulations"
+
+PINNED = {
+    "digits-dp.toml": {
+        "accuracy": 0.9222222222222223,
+        "loss": 0.3029080073038737,
+        "epsilon_max": 7.996052397177166,
+    },
+    "synthetic-user-dp.toml": {"accuracy": 0.15, "epsilon_user": 3.9962934981552705},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_a_shipped_config_gives_the_pinned_result(tmp_path, name):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["simulate", str(SIMULATIONS / name), "--backend", "inline", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    for key, value in PINNED[name].items():
+        assert summary[key] == pytest.approx(value, rel=1e-9, abs=0.0), key
