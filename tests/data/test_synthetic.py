@@ -1,4 +1,3 @@
-import time
 import tracemalloc
 
 import numpy as np
@@ -70,14 +69,13 @@ def test_iid_variant_shares_one_model_and_non_iid_does_not() -> None:
     assert scores[False] < 0.25  # measured 0.03-0.14
 
 
-def test_million_clients_construct_fast_and_small() -> None:
+def test_million_clients_construct_lazily() -> None:
+    # No client's examples exist until asked for: a million clients' metadata fits in 64 MiB,
+    # where their examples (about 10^8 of them) would take gigabytes. (Timings: benchmarks/sim_scale.py.)
     tracemalloc.start()
-    start = time.perf_counter()
     d = make_synthetic(alpha=1.0, beta=1.0, num_clients=1_000_000, mean_samples=100, seed=0)
-    elapsed = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert elapsed < 0.5
     assert peak < 64 * 2**20
     assert d.num_clients == 1_000_000 and len(d.client(999_999)) == d.client_size(999_999)
     assert 80 < d.client_sizes().mean() < 130

@@ -1,7 +1,5 @@
 """Crypto: key agreement, labelled HKDF, authenticated shares, and the mask generator."""
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -119,17 +117,6 @@ def test_every_bit_of_the_seed_changes_the_mask():
 def test_mask_seed_must_be_256_bits():
     with pytest.raises(ValueError, match="32 bytes"):
         crypto.expand_mask(bytes(4), 10, 2**32)
-
-
-def test_a_million_32_bit_masks_take_milliseconds():
-    seed = bytes(32)
-    crypto.expand_mask(seed, 1000, 2**32)
-    timings = []
-    for _ in range(5):
-        start = time.perf_counter()
-        crypto.expand_mask(seed, 10**6, 2**32)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.1  # about 5 ms here; generous for loaded CI machines
 
 
 def test_random_source_must_return_the_requested_size():

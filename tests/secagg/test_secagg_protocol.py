@@ -1,7 +1,6 @@
 """SecAgg+ rounds: masks cancel under dropouts at every stage; clean aborts below threshold."""
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -200,7 +199,21 @@ def test_inputs_must_be_residues_of_the_right_length(h):
             simulate_round({**good, 0: bad}, params=params, source=seeded_source(b"v"))
 
 
-def test_driver_is_fast_enough_for_a_hundred_clients(h):
+def test_a_round_of_a_hundred_clients_applies_masks_linearly_in_clients(h, monkeypatch):
+    # Expanding masks is the protocol's cost. Each client applies its self mask and one pairwise
+    # mask per neighbour; the server removes the survivors' self masks and the dropped clients'
+    # pairwise masks: at most 2 N (k + 1) in all, where an O(N^2) unmasking would apply about
+    # N^2 = 10^4. (Timings: benchmarks/secagg.py.)
+    from fedlab.secagg import crypto
+
+    applied: list[int] = []
+    apply = crypto.apply_masks
+
+    def counted(vector, masks, modulus):
+        applied.append(len(masks))
+        return apply(vector, masks, modulus)
+
+    monkeypatch.setattr(crypto, "apply_masks", counted)
     params = h.make_params(k=20, t=11, d=10_000)
     inputs = h.random_inputs(100, params, seed=0)
     rng = np.random.default_rng(0)
@@ -209,12 +222,10 @@ def test_driver_is_fast_enough_for_a_hundred_clients(h):
         list(inputs),
         {Stage.ADVERTISE_KEYS: 2, Stage.SHARE_KEYS: 2, Stage.MASKED_INPUT: 3, Stage.UNMASK: 3},
     )
-    start = time.perf_counter()
     result = simulate_round(inputs, params=params, source=seeded_source(b"fast"), dropouts=dropouts)
-    elapsed = time.perf_counter() - start
     assert isinstance(result, SecureSum)
     assert np.array_equal(result.total, _plain_sum(inputs, result.included, params.modulus))
-    assert elapsed < 30  # about 1 s here; a regression to O(N^2) unmasking would show
+    assert 100 <= sum(applied) <= 2 * 100 * (params.neighbours + 1), sum(applied)
 
 
 def test_wrong_round_messages_are_refused(h):
