@@ -18,6 +18,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
+from fedlab.cli.common import fail, guarded
 from fedlab.core.config import load_config
 from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import RoundObserver, SilentObserver
@@ -118,16 +119,15 @@ def audit(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Run the federation with canaries; print the claimed epsilon and a measured lower bound."""
-    from fedlab.cli.main import _fail, _guarded
     from fedlab.cli.progress import RichRoundProgress
     from fedlab.sim.audit import AuditSettings, run_audit
 
-    config = _guarded(lambda: load_config(config_path, overrides or []))
+    config = guarded(lambda: load_config(config_path, overrides or []))
     settings = AuditSettings(threat=threat, canaries=canaries, confidence=confidence, seeds=seeds)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     directory = out or Path("runs") / f"audit-{config.run.name}-{stamp}"
     if directory.exists() and any(directory.iterdir()):
-        _fail(f"--out {directory}: not empty; choose a new directory")
+        fail(f"--out {directory}: not empty; choose a new directory")
     console = Console()
 
     def observer(seed: int) -> RoundObserver:
@@ -139,7 +139,7 @@ def audit(
     try:
         report = run_audit(config, settings, directory, observer)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_audit(report, directory)
     summary = report.to_dict()
     console.print(

@@ -10,22 +10,15 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from fedlab.cli.common import RUNTIME_ERROR, USER_ERROR, fail, fresh_run_dir
 from fedlab.core.errors import FedlabError
 
-USER_ERROR = 2
-RUNTIME_ERROR = 3
 APP_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _echo(console: Console) -> Any:
@@ -55,7 +48,7 @@ def certs_init(
     try:
         files = init_certificates(out_dir, hosts=hosts or ["localhost", "127.0.0.1"], devices=devices)
     except FedlabError as exc:
-        _fail(str(exc), USER_ERROR)
+        fail(str(exc), USER_ERROR)
     console = Console()
     _say(console, f"server: CA certificate     {files.ca_cert}  (also on every device: --root-cert)")
     _say(console, f"server: certificate       {files.server_cert}  ([deployment] server_cert)")
@@ -79,7 +72,6 @@ def server(
     ] = None,
 ) -> None:
     """Start the SuperLink (TLS, node authentication), register devices, run the federation."""
-    from fedlab.cli.main import fresh_run_dir
     from fedlab.flower.deploy import load_federation, run_server
 
     console = Console()
@@ -89,16 +81,16 @@ def server(
         default = federation.deployment.state_dir / "runs" / f"{federation.config.run.name}-{stamp}"
         run_dir = fresh_run_dir(federation.config, out if out is not None else default)
     except FedlabError as exc:
-        _fail(str(exc), USER_ERROR)
+        fail(str(exc), USER_ERROR)
     console.print(f"run directory: {run_dir}", highlight=False)
     try:
         result = run_server(federation, app_root=APP_ROOT, run_dir=run_dir, log=_echo(console))
     except KeyboardInterrupt:
-        _fail("interrupted: the SuperLink was stopped", 130)
+        fail("interrupted: the SuperLink was stopped", 130)
     except FedlabError as exc:
-        _fail(str(exc), RUNTIME_ERROR)
+        fail(str(exc), RUNTIME_ERROR)
     if result.summary is None or result.exit_code != 0:
-        _fail(f"the run did not complete (logs in {federation.deployment.state_dir})", RUNTIME_ERROR)
+        fail(f"the run did not complete (logs in {federation.deployment.state_dir})", RUNTIME_ERROR)
     s = result.summary
     eps = s.get("epsilon_max")
     eps_text = f"{eps:.3f}" if isinstance(eps, (int, float)) and math.isfinite(eps) else "-"
@@ -165,14 +157,14 @@ def client(
     try:
         file: dict[str, Any] = read_device_settings(settings) if settings is not None else {}
     except FedlabError as exc:
-        _fail(str(exc), USER_ERROR)
+        fail(str(exc), USER_ERROR)
 
     def pick(cli: Any, name: str, default: Any = None) -> Any:
         return cli if cli is not None else file.get(name, default)
 
     address, data_path, key_path = pick(server_address, "server"), pick(data, "data"), pick(key, "key")
     if address is None or data_path is None:
-        _fail("--server and --data are required (or set them in --settings)", USER_ERROR)
+        fail("--server and --data are required (or set them in --settings)", USER_ERROR)
     key_value = Path(key_path) if key_path is not None else None
     max_eps = pick(max_epsilon, "max_epsilon")
     device_delta = pick(delta, "delta", 1e-5)
@@ -198,11 +190,11 @@ def client(
     try:
         code = run_client(launch, log=_echo(console))
     except KeyboardInterrupt:
-        _fail("interrupted: the SuperNode was stopped", 130)
+        fail("interrupted: the SuperNode was stopped", 130)
     except FedlabError as exc:
         from fedlab.flower.deploy import DeploymentError
 
-        _fail(str(exc), RUNTIME_ERROR if isinstance(exc, DeploymentError) and _runtime(exc) else USER_ERROR)
+        fail(str(exc), RUNTIME_ERROR if isinstance(exc, DeploymentError) and _runtime(exc) else USER_ERROR)
     raise typer.Exit(code)
 
 

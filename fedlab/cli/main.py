@@ -9,17 +9,18 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedlab.cli.common import fail, fresh_run_dir, guarded
 from fedlab.core.config import RunConfig, load_config
-from fedlab.core.errors import ConfigError, FedlabError
+from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.data.types import FederatedData
 
@@ -33,36 +34,6 @@ app = typer.Typer(
 )
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets: ledgers, epsilon, calibration.")
 app.add_typer(privacy_app, name="privacy")
-
-USER_ERROR = 2
-
-
-def _fail(message: str) -> NoReturn:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(USER_ERROR)
-
-
-def _guarded(action: Callable[[], T]) -> T:
-    """Run ``action``; a FedlabError becomes one line on stderr and exit code 2."""
-    try:
-        return action()
-    except FedlabError as exc:
-        _fail(str(exc))
-
-
-def fresh_run_dir(config: RunConfig, out: Path | None) -> Path:
-    """The run directory: ``out`` (which must not hold a run) or a new one under ``runs/``."""
-    if out is not None:
-        if (out / "ledger.sqlite").exists():
-            raise ConfigError(f"--out {out}: already holds a run (ledger.sqlite); choose a new directory")
-        return out
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{config.run.name}-{stamp}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
 
 
 def _check_data(config: RunConfig) -> FederatedData:
@@ -129,16 +100,16 @@ def simulate(
 ) -> None:
     """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
     chosen = [f'simulation.backend="{backend}"'] if backend is not None else []
-    config = _guarded(lambda: load_config(config_path, [*(overrides or []), *chosen]))
-    data = _guarded(lambda: _check_data(config))
-    run_dir = _guarded(lambda: fresh_run_dir(config, out))
+    config = guarded(lambda: load_config(config_path, [*(overrides or []), *chosen]))
+    data = guarded(lambda: _check_data(config))
+    run_dir = guarded(lambda: fresh_run_dir(config, out))
     console = Console()
     console.print(f"run directory: {run_dir}", highlight=False)
     from fedlab.cli.plots import write_run_plots
     from fedlab.cli.progress import RichRoundProgress
 
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
-    summary = _guarded(lambda: _simulate(config, run_dir, observer, data))
+    summary = guarded(lambda: _simulate(config, run_dir, observer, data))
     write_run_plots(run_dir)
     if not quiet:
         _print_summary(console, summary)
@@ -162,11 +133,11 @@ def sweep(
     """One simulation per target epsilon (inf = no DP): a table (CSV, Markdown) and a plot."""
     from fedlab.cli.sweep import parse_epsilons, run_sweep
 
-    config = _guarded(lambda: load_config(config_path, overrides or []))
-    targets = _guarded(lambda: parse_epsilons(epsilons))
+    config = guarded(lambda: load_config(config_path, overrides or []))
+    targets = guarded(lambda: parse_epsilons(epsilons))
     if seeds < 1:
-        _fail(f"--seeds must be >= 1; got {seeds}")
-    _guarded(lambda: _check_data(config))
+        fail(f"--seeds must be >= 1; got {seeds}")
+    guarded(lambda: _check_data(config))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     directory = out or Path("runs") / f"sweep-{config.run.name}-{stamp}"
     console = Console()
@@ -179,7 +150,7 @@ def sweep(
         write_run_plots(run_dir)
         return summary
 
-    rows = _guarded(lambda: run_sweep(config, targets, seeds, directory, simulate_one))
+    rows = guarded(lambda: run_sweep(config, targets, seeds, directory, simulate_one))
     table = Table(title=f"sweep {config.run.name}")
     for column in rows[0].as_dict():
         table.add_column(column)
@@ -230,7 +201,7 @@ def privacy_ledger(
     from fedlab.privacy.ledger import read_ledger_summary
 
     path = run_dir / "ledger.sqlite" if run_dir.is_dir() else run_dir
-    summary = _guarded(lambda: read_ledger_summary(path))
+    summary = guarded(lambda: read_ledger_summary(path))
     if as_json:
         sys.stdout.write(json.dumps(_finite_or_null(summary)) + "\n")
     else:
@@ -297,7 +268,7 @@ def privacy_epsilon(
             "steps": steps,
         }
 
-    result = _guarded(compute)
+    result = guarded(compute)
     _emit(result, as_json, f"epsilon = {result['epsilon']:.6g} at delta = {delta:g} ({accountant})")
 
 
@@ -342,7 +313,7 @@ def privacy_calibrate(
             "steps": steps,
         }
 
-    result = _guarded(compute)
+    result = guarded(compute)
     _emit(
         result,
         as_json,

@@ -1,0 +1,89 @@
+"""The shape of the package: small modules, no import cycles, no reaching into another module's privates."""
+
+import ast
+from pathlib import Path
+
+import grimp
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fedlab"
+LONGEST = 500
+
+
+def test_no_module_is_longer_than_500_lines():
+    long = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > LONGEST
+    }
+    assert not long, long
+
+
+def strongly_connected(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Tarjan's algorithm over the module graph: the import cycles, as groups of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_the_import_graph_has_no_cycle():
+    # grimp sees every import statement, including those inside functions.
+    assert strongly_connected(grimp.build_graph("fedlab")) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = grimp.ImportGraph()
+    for name in ("a", "a.x", "a.y", "a.z"):
+        graph.add_module(name)
+    graph.add_import(importer="a.x", imported="a.y")
+    graph.add_import(importer="a.y", imported="a.x")
+    graph.add_import(importer="a.z", imported="a.x")
+    assert strongly_connected(graph) == [["a.x", "a.y"]]
+
+
+def private_imports(root: Path) -> list[str]:
+    """Every ``from fedlab.m import _name``: one module using another module's private name."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedlab"):
+                found += [
+                    f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                ]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports(PACKAGE) == []
+
+
+def test_the_private_import_finder_finds_one(tmp_path):
+    (tmp_path / "m.py").write_text("from fedlab.training.local import _secret\n", encoding="utf-8")
+    assert private_imports(tmp_path) == ["m.py: fedlab.training.local._secret"]
