@@ -87,3 +87,13 @@ def check_splits(guess_counts: Sequence[tuple[int, int]], m: int) -> list[tuple[
     if not splits:
         raise ValueError("guess_counts must not be empty")
     return splits
+
+
+def power_splits(m: int, powers: Sequence[int]) -> list[tuple[int, int]]:
+    """Splits k+ = k- = m >> p for each power p (those >= 1, once each); [(m, 0)] if none."""
+    splits: list[tuple[int, int]] = []
+    for power in powers:
+        k = m >> power
+        if k >= 1 and (k, k) not in splits:
+            splits.append((k, k))
+    return splits or [(m, 0)]

@@ -48,6 +48,7 @@ from fedlab.privacy.auditing._checks import (
     check_one_run_counts,
     check_scores,
     check_splits,
+    power_splits,
 )
 from fedlab.privacy.auditing.one_run import (
     count_correct_guesses,
@@ -241,7 +242,7 @@ def fdp_audit(
     m = values.size
     inc = check_included(included, m)
     check_confidence(confidence)
-    splits = _fdp_splits(m) if guess_counts is None else check_splits(guess_counts, m)
+    splits = power_splits(m, (2, 4, 6, 8)) if guess_counts is None else check_splits(guess_counts, m)
     alpha = (1.0 - float(confidence)) / len(splits)
     guesses = [one_run_guesses(values, num_positive=k_pos, num_negative=k_neg) for k_pos, k_neg in splits]
     counts = [(sum(split), count_correct_guesses(g, inc)) for split, g in zip(splits, guesses, strict=True)]
@@ -271,16 +272,6 @@ def fdp_audit(
             else:
                 hi, hit = mid, found
     return _result(family, hi, claim_rejected, m, counts[hit], splits[hit], confidence, alpha, len(splits))
-
-
-def _fdp_splits(m: int) -> list[tuple[int, int]]:
-    """k+ = k- = m/4, m/16, m/64, m/256 (integer parts >= 1; (1, 0) when m = 1)."""
-    splits: list[tuple[int, int]] = []
-    for power in (2, 4, 6, 8):
-        k = m >> power
-        if k >= 1 and (k, k) not in splits:
-            splits.append((k, k))
-    return splits or [(1, 1) if m >= 2 else (1, 0)]
 
 
 def _result(

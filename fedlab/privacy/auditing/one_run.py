@@ -19,6 +19,7 @@ from fedlab.privacy.auditing._checks import (
     check_one_run_counts,
     check_scores,
     check_splits,
+    power_splits,
 )
 
 
@@ -257,7 +258,7 @@ def one_run_audit(
     inc = check_included(included, m)
     check_delta_closed(delta)
     check_confidence(confidence)
-    splits = _default_splits(m) if guess_counts is None else check_splits(guess_counts, m)
+    splits = power_splits(m, range(1, 7)) if guess_counts is None else check_splits(guess_counts, m)
     split_confidence = 1.0 - (1.0 - float(confidence)) / len(splits)
     best: tuple[float, int, int, tuple[int, int]] | None = None
     for k_pos, k_neg in splits:
@@ -308,12 +309,3 @@ def _one_run_epsilon(m: int, r: int, v: int, delta: float, alpha: float) -> floa
         else:
             hi = mid
     return lo
-
-
-def _default_splits(m: int) -> list[tuple[int, int]]:
-    splits: list[tuple[int, int]] = []
-    for power in range(1, 7):
-        k = m >> power
-        if k >= 1 and (k, k) not in splits:
-            splits.append((k, k))
-    return splits or [(m, 0)]
