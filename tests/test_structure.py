@@ -87,3 +87,34 @@ def test_no_module_imports_another_modules_private_names():
 def test_the_private_import_finder_finds_one(tmp_path):
     (tmp_path / "m.py").write_text("from fedlab.training.local import _secret\n", encoding="utf-8")
     assert private_imports(tmp_path) == ["m.py: fedlab.training.local._secret"]
+
+
+def mode_comparisons(root: Path) -> list[str]:
+    """Every comparison of a ``.mode`` attribute with a string literal (``dp.mode == "central"``)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            literals = [
+                o
+                for o in operands
+                if (isinstance(o, ast.Constant) and isinstance(o.value, str))
+                or (isinstance(o, ast.Tuple) and all(isinstance(e, ast.Constant) for e in o.elts))
+            ]
+            if literals and any(isinstance(o, ast.Attribute) and o.attr == "mode" for o in operands):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_below_the_config_nothing_compares_the_dp_mode_string():
+    # The config resolves it: dp.enabled, dp.dpsgd, dp.central, dp.distributed, dp.user_level.
+    outside_core = [p for p in PACKAGE.iterdir() if p.is_dir() and p.name not in ("core", "__pycache__")]
+    assert [hit for p in outside_core for hit in mode_comparisons(p)] == []
+
+
+def test_the_mode_comparison_finder_finds_one(tmp_path):
+    source = 'if config.dp.mode in ("central", "distributed"):\n    pass\n'
+    (tmp_path / "m.py").write_text(source, encoding="utf-8")
+    assert mode_comparisons(tmp_path) == ["m.py:1"]

@@ -150,7 +150,7 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
             f"secagg.threshold: must be <= secagg.neighbours; got {sa.threshold} > {sa.neighbours}"
         )
     ddp = None
-    if dp.mode == "distributed":
+    if dp.distributed:
         ddp = ddp_params(
             dim=dim, num_clients=num_clients, sample_rate=rate, rounds=config.run.rounds, clip=dp.clip_norm,
             bits=sa.bits, min_survivors=sa.min_survivors, delta=dp.delta,
@@ -247,7 +247,7 @@ def run_configured(
     if not hasattr(transport, "train"):
         raise ConfigError("secagg.enabled is false but this transport only runs secure-aggregation stages")
     transport = cast(ClientTransport, transport)
-    if config.dp.mode == "central":
+    if config.dp.central:
         outcome = run_dp_fedavg(
             transport=transport,
             recorder=recorder,

@@ -145,7 +145,7 @@ def run_sweep(
     base: RunConfig, epsilons: Sequence[float], seeds: int, out: Path, simulate: Simulate
 ) -> list[SweepRow]:
     """Run every (epsilon, seed) and write the table and plot into ``out``."""
-    if base.dp.mode == "none" and any(math.isfinite(e) for e in epsilons):
+    if not base.dp.enabled and any(math.isfinite(e) for e in epsilons):
         raise ConfigError("dp.mode: a sweep over finite epsilons needs dp.mode = 'dpsgd' or 'central'")
     out.mkdir(parents=True, exist_ok=True)
     rows = []

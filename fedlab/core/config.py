@@ -9,7 +9,6 @@ one-line message naming the key. Below the edge nothing reads raw dicts.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,42 +16,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlab.core.errors import ConfigError
+from fedlab.core.choices import (
+    BACKENDS,
+    CLIENT_ACCOUNTANTS,
+    CLIENT_RANDOMNESS,
+    DATASETS,
+    DEVICE_MODELS,
+    DP_MODES,
+    MODELS,
+    OPTIMIZERS,
+    PARTITIONERS,
+    SAMPLING,
+    SECAGG_WEIGHTINGS,
+    SERVER_ACCOUNTANTS,
+    check_choice,
+    check_min,
+    check_open_unit,
+    config_error,
+)
 from fedlab.core.toml_input import apply_overrides as apply_overrides
 from fedlab.core.toml_input import read_toml as read_toml
-
-DATASETS = ("digits", "synthetic", "files")
-PARTITIONERS = ("iid", "dirichlet", "shards")
-MODELS = ("logreg", "mlp", "cnn")
-OPTIMIZERS = ("sgd", "adam")
-SECAGG_WEIGHTINGS = ("auto", "examples", "uniform")
-DP_MODES = ("none", "dpsgd", "central", "distributed")
-CLIENT_ACCOUNTANTS = ("rdp", "prv")
-SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
-SAMPLING = ("auto", "fraction", "poisson")
-BACKENDS = ("flower", "inline")
-CLIENT_RANDOMNESS = ("seeded", "secret")
-DEVICE_MODELS = ("distribution", "trace")
-
-
-def _fail(key: str, problem: str) -> ConfigError:
-    return ConfigError(f"{key}: {problem}")
-
-
-def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise _fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_min(key: str, value: float, low: float, *, inclusive: bool = True) -> None:
-    if math.isnan(value) or (value < low if inclusive else value <= low):
-        op = ">=" if inclusive else ">"
-        raise _fail(key, f"must be {op} {low:g}; got {value!r}")
-
-
-def _check_open_unit(key: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise _fail(key, f"must be in (0, 1); got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +47,8 @@ class RunSection:
     rounds: int = 10
 
     def __post_init__(self) -> None:
-        _check_min("run.rounds", self.rounds, 1)
-        _check_min("run.seed", self.seed, 0)
+        check_min("run.rounds", self.rounds, 1)
+        check_min("run.seed", self.seed, 0)
 
 
 @dataclass(frozen=True)
@@ -86,21 +69,21 @@ class DataSection:
     synthetic_mean_samples: int = 100
 
     def __post_init__(self) -> None:
-        _check_choice("data.dataset", self.dataset, DATASETS)
-        _check_choice("data.partitioner", self.partitioner, PARTITIONERS)
-        _check_min("data.num_clients", self.num_clients, 1)
-        _check_min("data.dirichlet_alpha", self.dirichlet_alpha, 0.0, inclusive=False)
-        _check_min("data.shards_per_client", self.shards_per_client, 1)
-        _check_min("data.min_partition_size", self.min_partition_size, 1)
-        _check_open_unit("data.test_fraction", self.test_fraction)
-        _check_min("data.synthetic_alpha", self.synthetic_alpha, 0.0)
-        _check_min("data.synthetic_beta", self.synthetic_beta, 0.0)
-        _check_min("data.synthetic_mean_samples", self.synthetic_mean_samples, 1)
+        check_choice("data.dataset", self.dataset, DATASETS)
+        check_choice("data.partitioner", self.partitioner, PARTITIONERS)
+        check_min("data.num_clients", self.num_clients, 1)
+        check_min("data.dirichlet_alpha", self.dirichlet_alpha, 0.0, inclusive=False)
+        check_min("data.shards_per_client", self.shards_per_client, 1)
+        check_min("data.min_partition_size", self.min_partition_size, 1)
+        check_open_unit("data.test_fraction", self.test_fraction)
+        check_min("data.synthetic_alpha", self.synthetic_alpha, 0.0)
+        check_min("data.synthetic_beta", self.synthetic_beta, 0.0)
+        check_min("data.synthetic_mean_samples", self.synthetic_mean_samples, 1)
         if self.dataset == "files":
             if not self.path:
-                raise _fail("data.path", "required when data.dataset = 'files'")
+                raise config_error("data.path", "required when data.dataset = 'files'")
             if not Path(self.path).exists():
-                raise _fail("data.path", f"does not exist: {self.path}")
+                raise config_error("data.path", f"does not exist: {self.path}")
 
 
 @dataclass(frozen=True)
@@ -111,8 +94,8 @@ class ModelSection:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        _check_choice("model.kind", self.kind, MODELS)
-        _check_min("model.hidden", self.hidden, 1)
+        check_choice("model.kind", self.kind, MODELS)
+        check_min("model.hidden", self.hidden, 1)
 
 
 @dataclass(frozen=True)
@@ -128,15 +111,15 @@ class TrainSection:
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
-        _check_min("train.local_epochs", self.local_epochs, 1)
-        _check_min("train.batch_size", self.batch_size, 1)
-        _check_min("train.lr", self.lr, 0.0, inclusive=False)
+        check_min("train.local_epochs", self.local_epochs, 1)
+        check_min("train.batch_size", self.batch_size, 1)
+        check_min("train.lr", self.lr, 0.0, inclusive=False)
         if not 0.0 <= self.momentum < 1.0:
-            raise _fail("train.momentum", f"must be in [0, 1); got {self.momentum!r}")
-        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+            raise config_error("train.momentum", f"must be in [0, 1); got {self.momentum!r}")
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise _fail("train.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        _check_min("train.eval_batch_size", self.eval_batch_size, 1)
+            raise config_error("train.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        check_min("train.eval_batch_size", self.eval_batch_size, 1)
 
 
 @dataclass(frozen=True)
@@ -170,25 +153,25 @@ class DpSection:
     record_participation: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("dp.mode", self.mode, DP_MODES)
+        check_choice("dp.mode", self.mode, DP_MODES)
         if self.noise_multiplier is not None:
-            _check_min("dp.noise_multiplier", self.noise_multiplier, 0.0)
+            check_min("dp.noise_multiplier", self.noise_multiplier, 0.0)
         if self.target_epsilon is not None:
-            _check_min("dp.target_epsilon", self.target_epsilon, 0.0, inclusive=False)
-        _check_min("dp.max_grad_norm", self.max_grad_norm, 0.0, inclusive=False)
-        _check_open_unit("dp.delta", self.delta)
-        _check_min("dp.clip_norm", self.clip_norm, 0.0, inclusive=False)
-        _check_open_unit("dp.target_quantile", self.target_quantile)
-        _check_min("dp.clip_learning_rate", self.clip_learning_rate, 0.0, inclusive=False)
+            check_min("dp.target_epsilon", self.target_epsilon, 0.0, inclusive=False)
+        check_min("dp.max_grad_norm", self.max_grad_norm, 0.0, inclusive=False)
+        check_open_unit("dp.delta", self.delta)
+        check_min("dp.clip_norm", self.clip_norm, 0.0, inclusive=False)
+        check_open_unit("dp.target_quantile", self.target_quantile)
+        check_min("dp.clip_learning_rate", self.clip_learning_rate, 0.0, inclusive=False)
         if self.clipped_count_stddev is not None:
-            _check_min("dp.clipped_count_stddev", self.clipped_count_stddev, 0.0, inclusive=False)
+            check_min("dp.clipped_count_stddev", self.clipped_count_stddev, 0.0, inclusive=False)
         if self.max_epsilon is not None:
-            _check_min("dp.max_epsilon", self.max_epsilon, 0.0, inclusive=False)
+            check_min("dp.max_epsilon", self.max_epsilon, 0.0, inclusive=False)
         self._check_accountant()
         if self.mode != "none":
             given = [self.noise_multiplier is not None, self.target_epsilon is not None]
             if sum(given) != 1:
-                raise _fail(
+                raise config_error(
                     "dp.noise_multiplier",
                     "set exactly one of dp.noise_multiplier and dp.target_epsilon "
                     f"with dp.mode = {self.mode!r}",
@@ -198,12 +181,27 @@ class DpSection:
         if self.accountant == "auto":
             return
         choices = CLIENT_ACCOUNTANTS if self.mode == "dpsgd" else SERVER_ACCOUNTANTS
-        _check_choice("dp.accountant", self.accountant, ("auto", *choices))
+        check_choice("dp.accountant", self.accountant, ("auto", *choices))
 
     @property
     def enabled(self) -> bool:
         """Whether any differential privacy is applied."""
         return self.mode != "none"
+
+    @property
+    def dpsgd(self) -> bool:
+        """Whether this is sample-level DP-SGD on each client (``mode = "dpsgd"``)."""
+        return self.mode == "dpsgd"
+
+    @property
+    def central(self) -> bool:
+        """Whether the server adds the noise (DP-FedAvg, ``mode = "central"``)."""
+        return self.mode == "central"
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the clients add the noise under secure aggregation (``mode = "distributed"``)."""
+        return self.mode == "distributed"
 
     @property
     def user_level(self) -> bool:
@@ -233,9 +231,9 @@ class ServerSection:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
-            raise _fail("server.fraction_train", f"must be in (0, 1]; got {self.fraction_train!r}")
-        _check_choice("server.sampling", self.sampling, SAMPLING)
-        _check_min("server.timeout", self.timeout, 0.0, inclusive=False)
+            raise config_error("server.fraction_train", f"must be in (0, 1]; got {self.fraction_train!r}")
+        check_choice("server.sampling", self.sampling, SAMPLING)
+        check_min("server.timeout", self.timeout, 0.0, inclusive=False)
 
 
 @dataclass(frozen=True)
@@ -272,32 +270,32 @@ class SimulationSection:
     client_randomness: str = "seeded"
 
     def __post_init__(self) -> None:
-        _check_choice("simulation.backend", self.backend, BACKENDS)
-        _check_choice("simulation.client_randomness", self.client_randomness, CLIENT_RANDOMNESS)
-        _check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
-        _check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)
+        check_choice("simulation.backend", self.backend, BACKENDS)
+        check_choice("simulation.client_randomness", self.client_randomness, CLIENT_RANDOMNESS)
+        check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
+        check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)
         if self.workers is not None:
-            _check_min("simulation.workers", self.workers, 0)
+            check_min("simulation.workers", self.workers, 0)
         self._check_devices()
-        _check_min("simulation.round_deadline", self.round_deadline, 0.0)
-        _check_min("simulation.target_updates", self.target_updates, 0)
+        check_min("simulation.round_deadline", self.round_deadline, 0.0)
+        check_min("simulation.target_updates", self.target_updates, 0)
 
     def _check_devices(self) -> None:
-        _check_choice("simulation.devices", self.devices, DEVICE_MODELS)
+        check_choice("simulation.devices", self.devices, DEVICE_MODELS)
         if self.devices == "trace" and not self.device_trace:
-            raise _fail("simulation.device_trace", "required when simulation.devices = 'trace'")
+            raise config_error("simulation.device_trace", "required when simulation.devices = 'trace'")
         if self.device_trace and self.devices != "trace":
-            raise _fail("simulation.devices", "must be 'trace' when simulation.device_trace is set")
+            raise config_error("simulation.devices", "must be 'trace' when simulation.device_trace is set")
         if self.device_trace and not Path(self.device_trace).is_file():
-            raise _fail("simulation.device_trace", f"file not found: {self.device_trace}")
+            raise config_error("simulation.device_trace", f"file not found: {self.device_trace}")
         for key in ("step_seconds", "upload_mbps", "download_mbps"):
-            _check_min(f"simulation.{key}", getattr(self, key), 0.0, inclusive=False)
+            check_min(f"simulation.{key}", getattr(self, key), 0.0, inclusive=False)
         for key in ("speed_sigma", "bandwidth_sigma", "latency_seconds"):
-            _check_min(f"simulation.{key}", getattr(self, key), 0.0)
+            check_min(f"simulation.{key}", getattr(self, key), 0.0)
         if not 0.0 < self.availability <= 1.0:
-            raise _fail("simulation.availability", f"must be in (0, 1]; got {self.availability!r}")
+            raise config_error("simulation.availability", f"must be in (0, 1]; got {self.availability!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise _fail("simulation.dropout", f"must be in [0, 1); got {self.dropout!r}")
+            raise config_error("simulation.dropout", f"must be in [0, 1); got {self.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -337,30 +335,30 @@ class SecAggSection:
     max_weight: int = 1000
 
     def __post_init__(self) -> None:
-        _check_choice("secagg.weighting", self.weighting, SECAGG_WEIGHTINGS)
-        _check_min("secagg.max_weight", self.max_weight, 1)
-        _check_min("secagg.neighbours", self.neighbours, 0)
-        _check_min("secagg.threshold", self.threshold, 0)
+        check_choice("secagg.weighting", self.weighting, SECAGG_WEIGHTINGS)
+        check_min("secagg.max_weight", self.max_weight, 1)
+        check_min("secagg.neighbours", self.neighbours, 0)
+        check_min("secagg.threshold", self.threshold, 0)
         if self.threshold == 1:
-            raise _fail("secagg.threshold", "must be 0 (automatic) or at least 2; got 1")
+            raise config_error("secagg.threshold", "must be 0 (automatic) or at least 2; got 1")
         if self.threshold and self.neighbours and self.threshold > self.neighbours:
-            raise _fail(
+            raise config_error(
                 "secagg.threshold",
                 f"must be <= secagg.neighbours; got {self.threshold} > {self.neighbours}",
             )
         if self.threshold and self.neighbours and 2 * self.threshold <= self.neighbours:
-            raise _fail(
+            raise config_error(
                 "secagg.threshold",
                 f"must be more than half of secagg.neighbours (2t > k); got {self.threshold} "
                 f"with {self.neighbours} neighbours",
             )
         if not 8 <= self.bits <= 62:
-            raise _fail("secagg.bits", f"must be in [8, 62]; got {self.bits!r}")
-        _check_min("secagg.clip_range", self.clip_range, 0.0, inclusive=False)
+            raise config_error("secagg.bits", f"must be in [8, 62]; got {self.bits!r}")
+        check_min("secagg.clip_range", self.clip_range, 0.0, inclusive=False)
         if not 0.0 < self.min_survivors <= 1.0:
-            raise _fail("secagg.min_survivors", f"must be in (0, 1]; got {self.min_survivors!r}")
+            raise config_error("secagg.min_survivors", f"must be in (0, 1]; got {self.min_survivors!r}")
         if not 0.0 <= self.simulate_dropout < 1.0:
-            raise _fail("secagg.simulate_dropout", f"must be in [0, 1); got {self.simulate_dropout!r}")
+            raise config_error("secagg.simulate_dropout", f"must be in [0, 1); got {self.simulate_dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -378,16 +376,16 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.dp.mode == "distributed" and not self.secagg.enabled:
-            raise _fail(
+            raise config_error(
                 "dp.mode", "'distributed' adds the noise under secure aggregation: set secagg.enabled = true"
             )
         if self.dp.mode == "central" and self.secagg.enabled:
-            raise _fail(
+            raise config_error(
                 "dp.mode", "'central' adds noise on the server; with secagg.enabled use 'distributed'"
             )
         self._check_user_level_accounting()
         if self.dp.mode == "distributed" and self.secagg.weighting == "examples":
-            raise _fail(
+            raise config_error(
                 "secagg.weighting",
                 "distributed DP averages with equal weights (its noise covers one clipped update); "
                 "use 'auto' or 'uniform'",
@@ -398,13 +396,13 @@ class RunConfig:
         if not self.dp.user_level:
             return
         if self.simulation.target_updates > 0:
-            raise _fail(
+            raise config_error(
                 "simulation.target_updates",
                 f"with dp.mode = {self.dp.mode!r} one client's update can displace another's (the sum "
                 "changes by up to 2C, the accountant assumes C); use 0 or simulation.round_deadline",
             )
         if self.client_sampling == "fraction" and self.server.fraction_train < 1.0:
-            raise _fail(
+            raise config_error(
                 "server.sampling",
                 f"dp.mode = {self.dp.mode!r} is accounted with Poisson sampling of clients; "
                 "use 'poisson' or 'auto'",
@@ -453,18 +451,18 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if kind in (str, bool) and isinstance(value, kind):
             return value
     names = " or ".join(k.__name__ for k in allowed if k is not type(None))
-    raise _fail(key, f"must be of type {names}; got {type(value).__name__} {value!r}")
+    raise config_error(key, f"must be of type {names}; got {type(value).__name__} {value!r}")
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if not isinstance(raw, Mapping):
-        raise _fail(name, f"must be a table; got {type(raw).__name__}")
+        raise config_error(name, f"must be a table; got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
-            raise _fail(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+            raise config_error(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
         values[key] = _coerce(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
@@ -480,7 +478,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> RunConfig:
     built: dict[str, Any] = {}
     for name, table in raw.items():
         if name not in sections:
-            raise _fail(name, f"unknown section (known: {', '.join(sections)})")
+            raise config_error(name, f"unknown section (known: {', '.join(sections)})")
         built[name] = _build_section(name, sections[name], table)
     return RunConfig(**built)
 

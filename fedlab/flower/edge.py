@@ -313,13 +313,13 @@ class DeviceRound:
 
     def history(self) -> tuple[PrivacyStep, ...]:
         """The accountant history the trainer continues (DP-SGD charges; none for other modes)."""
-        return dpsgd_history(self.budget) if self.config.dp.mode == "dpsgd" else ()
+        return dpsgd_history(self.budget) if self.config.dp.dpsgd else ()
 
     def commit(
         self, decision: RoundDecision, *, before: Sequence[PrivacyStep], after: Sequence[PrivacyStep]
     ) -> float:
         """Commit the released round (DP-SGD: the steps actually taken); its epsilon. Before the reply."""
-        if self.config.dp.mode == "dpsgd":
+        if self.config.dp.dpsgd:
             spent = sum(s.steps for s in after) - sum(s.steps for s in before)
             taken = after[-1] if after else None
             if spent <= 0 or taken is None:
@@ -400,12 +400,12 @@ class EdgeClient:
                 encoding = parsed.parts.get("encoding")
                 decision = None
                 if parsed.stage == Stage.ADVERTISE_KEYS:
-                    if config.dp.mode == "central":
+                    if config.dp.central:
                         raise device.refusal("central DP does not run under secure aggregation")
                     device.plan(data, self._calibrated, encoding=encoding)
                     _announce(context, parsed.round_num, encoding)
                 elif parsed.stage == Stage.MASKED_INPUT:
-                    if config.dp.mode == "distributed" and _announced(context, parsed.round_num) != encoding:
+                    if config.dp.distributed and _announced(context, parsed.round_num) != encoding:
                         raise device.refusal(
                             "the masked-input stage's encoding is not the one stage 0 announced"
                         )

@@ -192,7 +192,7 @@ def check_audit(config: RunConfig, settings: AuditSettings) -> None:
     if settings.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1; got {settings.seeds}")
     _check_canary_count(settings, delta=dp.delta)
-    if dp.mode == "dpsgd":
+    if dp.dpsgd:
         _check_room(config, settings)
         if settings.threat != "final-model" and config.secagg.enabled:
             raise ConfigError(
@@ -204,7 +204,7 @@ def check_audit(config: RunConfig, settings: AuditSettings) -> None:
             raise ConfigError("--threat server-knows-config: replaying DP-SGD noise needs train.optimizer = "
                               "'sgd' with train.momentum = 0")  # fmt: skip
         return
-    if settings.threat == "server-knows-config" and (dp.mode != "central" or dp.adaptive_clipping):
+    if settings.threat == "server-knows-config" and (not dp.central or dp.adaptive_clipping):
         raise ConfigError("--threat server-knows-config: audits DP-SGD and central DP with a fixed clip norm")
 
 
@@ -247,7 +247,7 @@ def run_audit(
     for s in range(settings.seeds):
         seeded = config.replace(run=replace(config.run, seed=config.run.seed + s))
         rng = np.random.default_rng([config.run.seed, s, 0xA0D17])
-        audit = _audit_dpsgd if config.dp.mode == "dpsgd" else _audit_user_level
+        audit = _audit_dpsgd if config.dp.dpsgd else _audit_user_level
         runs.append(audit(seeded, settings, out_dir / f"seed-{s}", observers(s), rng))
     scores = np.concatenate([r.scores for r in runs])
     included = np.concatenate([r.included for r in runs])
@@ -420,7 +420,7 @@ def _audit_user_level(
     m, n = settings.canaries, base.num_clients
     directions = random_directions(m, sum(w.size for w in initial), rng)
     included = rng.random(m) < 0.5
-    zero_out = config.dp.mode == "distributed"  # the server sees who takes part
+    zero_out = config.dp.distributed  # the server sees who takes part
     clients = CanaryClients(
         first_id=n, directions=directions, included=included, shapes=[w.shape for w in initial],
         clip_norm=config.dp.clip_norm, adaptive=config.dp.adaptive_clipping, zero_out=zero_out,
@@ -441,7 +441,7 @@ def _audit_user_level(
         scores = per_round.max(axis=1) if config.server.fraction_train < 1.0 else per_round.sum(axis=1)
     claimed = float(summary["epsilon_user"])  # central: dp-fedavg; distributed: skellam-ddp (server)
     histories: tuple[tuple[GaussianEvent, ...], ...] = ()
-    if config.dp.mode == "central" and changes:
+    if config.dp.central and changes:
         event = central_settings(config, num_clients=n + m).round_event()
         histories = ((event,) * len(changes),)
     return SeedAudit(run_dir, claimed, scores, included, histories)

@@ -275,7 +275,7 @@ def _run_rounds(
     tapped: RoundRecorder = (
         recorder if hooks.on_release is None else TappedRecorder(recorder, hooks.on_release)
     )
-    if config.secagg.enabled or config.dp.mode == "central":
+    if config.secagg.enabled or config.dp.central:
         clients: ClientTransport = transport
         if hooks.extra_clients is not None:
             clients = WithExtraClients(transport, hooks.extra_clients)

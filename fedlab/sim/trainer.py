@@ -48,7 +48,7 @@ class SwapTrainer:
         self._config = config
         self._optim = optim_spec(config)
         self._device = resolve_device(config.train.device)
-        self._private = config.dp.mode == "dpsgd"
+        self._private = config.dp.dpsgd
         self._model = build_model(
             config.model.kind,
             feature_shape=feature_shape,
@@ -108,6 +108,6 @@ def local_steps(num_examples: int, config: RunConfig) -> int:
     6
     """
     batch, epochs = config.train.batch_size, config.train.local_epochs
-    if config.dp.mode == "dpsgd":
+    if config.dp.dpsgd:
         return epochs * (num_examples // batch)
     return epochs * math.ceil(num_examples / batch)

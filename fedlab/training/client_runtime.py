@@ -65,7 +65,7 @@ def dp_spec(
         calibrated: Optional memo of earlier calibrations (clients of equal size share one).
     """
     dp = config.dp
-    if dp.mode != "dpsgd":
+    if not dp.dpsgd:
         return None
     noise = dp.noise_multiplier
     if noise is None:
@@ -109,7 +109,7 @@ def client_report(
     """
     dp = config.dp
     update, indicator = result.update, None
-    if dp.mode == "central":
+    if dp.central:
         bound = dp.clip_norm if clip_norm is None else clip_norm
         clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
         update = clipped.update

@@ -213,15 +213,15 @@ def round_charge(
     Raises:
         ValueError: With a one-line reason, when the server did not announce what the charge needs.
     """
-    mode = config.dp.mode
-    if mode == "none":
+    dp = config.dp
+    if not dp.enabled:
         return Noiseless()
-    if mode == "dpsgd":
+    if dp.dpsgd:
         spec = dp_spec(config, num_examples, calibrated)
         assert spec is not None
         rate, steps = poisson_plan(num_examples, optim_spec(config))
         return PrivacyStep(noise_multiplier=spec.noise_multiplier, sample_rate=rate, steps=steps)
-    if mode == "central":
+    if dp.central:
         return _central_event(round_values or {})
     if not isinstance(encoding, SkellamParams):
         raise ValueError("a distributed-DP round must announce its Skellam encoding")
@@ -265,7 +265,7 @@ def decide(
     """
     rows = budget.charges()
     history = [charge_of(row) for row in rows]
-    accountant = config.dp.resolved_accountant if config.dp.mode == "dpsgd" else "rdp"
+    accountant = config.dp.resolved_accountant if config.dp.dpsgd else "rdp"
     mechanism = mechanism_of(charge)
     if budget.released(run_id, server_round):
         current = device_epsilon(history, delta=policy.delta, accountant=accountant)

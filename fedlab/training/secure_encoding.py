@@ -33,7 +33,7 @@ def check_encoding(config: RunConfig, encoding: Encoding, vector_length: int) ->
 
     """
     bits = config.secagg.bits
-    if config.dp.mode == "distributed":
+    if config.dp.distributed:
         if not isinstance(encoding, SkellamParams):
             raise ProtocolError("distributed DP is configured: refusing a noiseless fixed-point encoding")
         if encoding.noise_multiplier <= 0.0 or encoding.clip != config.dp.clip_norm or encoding.bits != bits:
