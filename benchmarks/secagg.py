@@ -30,7 +30,7 @@ stages), ``total_cpu_s`` (server plus all N clients), ``bytes_up_per_client`` (p
 sends over the four stages: byte fields, 8 per integer id, array ``nbytes``; fedlab vectors are
 uint64, Flower's int64 in ``.npy`` form) and ``wall_s`` of the whole round. fedlab also reports
 ``bytes_up_wire_per_client``: the length of its real wire replies (JSON header, binary vector)
-(:func:`fedlab.training.secure_client.reply_bytes`) for one client. Every peer's mean is checked
+(:func:`fedlab.algorithms.secure_wire.reply_bytes`) for one client. Every peer's mean is checked
 against numpy's (``max_abs_error``).
 
 The end-to-end part runs ``fedlab simulate``'s inline backend itself (:func:`simulate_inline`),
@@ -262,14 +262,16 @@ def _fedlab_wire_bytes(
     message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse, stage: Stage
 ) -> int:
     """Length of fedlab's real JSON wire reply carrying ``message`` (no metadata)."""
-    from fedlab.training.secure_wire import StageReply, reply_bytes
+    from fedlab.algorithms.secure_messages import MaskedReply, StageReply
+    from fedlab.algorithms.secure_wire import reply_bytes
 
-    return len(reply_bytes(StageReply(stage, message.round_id, message)))
+    reply = MaskedReply(message, num_examples=0) if isinstance(message, MaskedInput) else message
+    return len(reply_bytes(StageReply(stage, message.round_id, reply)))
 
 
 def run_fedlab(inputs: Sequence[Floats], reference: npt.NDArray[np.float64], params: SecAggParams) -> Cost:
     """One fedlab SecAgg+ round over the pure stage functions, timing server and clients apart."""
-    import fedlab.training.secure_client  # noqa: F401  (imports torch: not inside the timed round)
+    import fedlab.algorithms.secure_client  # noqa: F401  (not inside the timed round)
 
     n, source = len(inputs), os.urandom
     codec = FixedPointCodec.for_sum(bits=MODULUS_BITS, clip=CLIP, max_summands=n)

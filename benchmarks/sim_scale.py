@@ -164,7 +164,7 @@ def run_cli(stamps: Path, backend: str, args: Sequence[str]) -> None:
     import fedlab.training.recorder
 
     if backend == "flower":
-        import fedlab.sim.flower_runner
+        import fedlab.flower.simulation
     stamps.write_text(json.dumps({"process_start": process_start, "imports_done": time.time()}))
     sys.argv = ["fedlab", *args]
     fedlab.cli.main.main()

@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -63,6 +63,15 @@ import numpy.typing as npt
 
 from fedlab.algorithms.federation import round_seed
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
+from fedlab.algorithms.secure_messages import (
+    ClientStageMessage,
+    MaskedInputMessage,
+    MaskedReply,
+    ServerStageMessage,
+    SetupMessage,
+    StageReplies,
+    StageRequest,
+)
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update, example_weight
@@ -87,93 +96,14 @@ from fedlab.secagg.graph import degree_and_threshold
 from fedlab.secagg.messages import (
     EncryptedShares,
     KeyAdvert,
-    MaskedInput,
-    NeighbourRoster,
     SecAggParams,
     SecureSum,
-    ShareDelivery,
-    UnmaskRequest,
     UnmaskResponse,
 )
 
 LOG = logging.getLogger("fedlab.secure_fedavg")
 
 # ---- the stage transport protocol --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SetupMessage:
-    """Stage 0, server -> client: the round's public parameters and the client's protocol index.
-
-    ``encoding`` (the same one stage 2 carries, None in messages built without it) lets a device
-    decide at the first stage whether the round fits its privacy budget.
-    """
-
-    params: SecAggParams
-    index: int
-    encoding: FixedPointCodec | SkellamParams | None = None
-
-
-@dataclass(frozen=True)
-class MaskedInputMessage:
-    """Stage 2, server -> client: the shares addressed to it and how to encode its delta."""
-
-    delivery: ShareDelivery
-    encoding: FixedPointCodec | SkellamParams
-
-
-@dataclass(frozen=True)
-class MaskedReply:
-    """Stage 2, client -> server: the masked input and public metadata.
-
-    Attributes:
-        masked: y_u, uniform mod m on its own.
-        num_examples: The client's number of training examples (public metadata).
-        epsilon: The client's own cumulative DP-SGD epsilon (inf without DP-SGD).
-        noise_multiplier: Its DP-SGD noise multiplier (0 without).
-        sample_rate: Its DP-SGD sampling rate (1 without).
-        steps: Its optimizer steps this round.
-
-    """
-
-    masked: MaskedInput
-    num_examples: int
-    epsilon: float = math.inf
-    noise_multiplier: float = 0.0
-    sample_rate: float = 1.0
-    steps: int = 0
-
-
-ServerStageMessage = SetupMessage | NeighbourRoster | MaskedInputMessage | UnmaskRequest
-ClientStageMessage = KeyAdvert | EncryptedShares | MaskedReply | UnmaskResponse
-
-
-@dataclass(frozen=True)
-class StageRequest:
-    """One stage of one round, as the transport carries it.
-
-    Attributes:
-        round_num: The federation round (also the SecAgg round id).
-        round_seed: The round's public seed (training seed, rotation seed, dropout draws).
-        stage: Which stage.
-        messages: Client id -> its message for this stage.
-        weights: The global model (stage 2 only; empty otherwise).
-
-    """
-
-    round_num: int
-    round_seed: int
-    stage: Stage
-    messages: Mapping[str, ServerStageMessage]
-    weights: tuple[np.ndarray, ...] = ()
-
-
-@dataclass(frozen=True)
-class StageReplies:
-    """What came back from one stage: replies by client id, and why others did not answer."""
-
-    replies: Mapping[str, ClientStageMessage] = field(default_factory=dict)
-    failures: tuple[str, ...] = ()
 
 
 @runtime_checkable

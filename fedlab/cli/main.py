@@ -52,7 +52,7 @@ def _simulate(
         from fedlab.sim.inline import simulate_inline
 
         return simulate_inline(config, run_dir, observer, data=data)
-    from fedlab.sim.flower_runner import simulate_with_flower
+    from fedlab.flower.simulation import simulate_with_flower
 
     return simulate_with_flower(config, run_dir, observer)
 

@@ -30,18 +30,20 @@ from fedlab.flower.records import (
     identity_reply_content,
     train_reply_content,
 )
-from fedlab.flower.secure_transport import SECAGG, weights_of
+from fedlab.flower.secure_client import (
+    SecureStageClient,
+    secagg_refusal,
+    secagg_reply,
+    stage_call,
+    stored_stage_state,
+)
+from fedlab.flower.secure_transport import weights_of
 from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
 from fedlab.training.randomness import fresh_secret
-from fedlab.training.secure_client import SecureClient, StageAnswer
 
 PRIVACY_STATE = "fedlab-privacy"
-SECAGG_STATE = "fedlab-secagg"
-"""Context-state record of the client's secret per-round SecAgg+ state (deleted after unmasking)."""
-SECAGG_ERROR = 0
-"""Error code of a refused or (simulated) dropped secure-aggregation stage (Flower's UNKNOWN)."""
 EVALUATE_REFUSED = 4010
 """Error code of an evaluate message refused under DP."""
 
@@ -135,38 +137,6 @@ def store_history(state: RecordDict, history: Sequence[PrivacyStep]) -> None:
     )
 
 
-def stage_call_bytes(msg: Message) -> bytes:
-    """The SecAgg+ stage call a ``train.secagg`` message carries; KeyError/ValueError if it has none."""
-    call = msg.content.config_records[SECAGG]["call"]
-    if not isinstance(call, bytes):
-        raise ValueError("the stage call is not bytes")
-    return call
-
-
-def stored_stage_state(context: Context) -> bytes | None:
-    """The client's secret SecAgg+ state left by its previous stage, if any."""
-    record = context.state.config_records.get(SECAGG_STATE)
-    state = record.get("state") if record is not None else None
-    return state if isinstance(state, bytes) else None
-
-
-def secagg_refusal(msg: Message, context: Context, exc: Exception) -> Message:
-    """Forget the round's secret state and answer with an error (the server counts a dropout)."""
-    context.state.config_records.pop(SECAGG_STATE, None)
-    return Message(Error(code=SECAGG_ERROR, reason=f"secagg refused: {exc}"), reply_to=msg)
-
-
-def secagg_reply(msg: Message, context: Context, answer: StageAnswer) -> Message:
-    """Keep (or delete) the next stage's secret state and send the reply, or an error if dropped out."""
-    if answer.state is None:
-        context.state.config_records.pop(SECAGG_STATE, None)
-    else:
-        context.state.config_records[SECAGG_STATE] = ConfigRecord({"state": answer.state})
-    if answer.reply is None:
-        return Message(Error(code=SECAGG_ERROR, reason="dropped out"), reply_to=msg)
-    return Message(RecordDict({SECAGG: ConfigRecord({"reply": answer.reply})}), reply_to=msg)
-
-
 class FedlabClient:
     """Turns Flower messages into :class:`ClientRuntime` calls, for any number of clients.
 
@@ -196,7 +166,7 @@ class FedlabClient:
         self._token = token or uuid.uuid4().hex
         self._seeded = seeded
         self.runtime = ClientRuntime(max_trainers=max_trainers)
-        self.secure = SecureClient(self.runtime, seeded=seeded)
+        self.secure = SecureStageClient(self.runtime, seeded=seeded)
 
     def __reduce__(self) -> tuple[object, tuple[str, ClientDataSource, int, bool]]:
         """Unpickle into this process's instance for the same app (see module docstring)."""
@@ -234,7 +204,7 @@ class FedlabClient:
             answer = self.secure.answer(
                 config,
                 data,
-                stage_call_bytes(msg),
+                stage_call(msg),
                 state=stored_stage_state(context),
                 weights=weights_of(msg.content),
                 history=load_history(context.state),

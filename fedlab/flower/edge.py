@@ -37,24 +37,28 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 
+from fedlab.algorithms.secure_messages import MaskedInputMessage, SetupMessage
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError, DataError, FedlabError
 from fedlab.data.files import load_local_files
 from fedlab.data.types import ArrayDataset
 from fedlab.flower.client import (
-    SECAGG_STATE,
     ClientDataSource,
     ConfigSource,
     FedlabClient,
     client_app_of,
     evaluate_reply,
     identity_reply,
-    secagg_refusal,
-    secagg_reply,
-    stage_call_bytes,
-    stored_stage_state,
 )
 from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
+from fedlab.flower.secure_client import (
+    SECAGG_STATE,
+    SecureStageClient,
+    secagg_refusal,
+    secagg_reply,
+    stage_call,
+    stored_stage_state,
+)
 from fedlab.flower.secure_transport import weights_of
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow
 from fedlab.privacy.skellam import SkellamParams
@@ -73,8 +77,6 @@ from fedlab.training.device_budget import (
     round_charge,
 )
 from fedlab.training.randomness import fresh_secret
-from fedlab.training.secure_client import SecureClient
-from fedlab.training.secure_wire import parse_call
 
 LOG = logging.getLogger("fedlab.client")
 
@@ -355,7 +357,7 @@ class EdgeClient:
         self._source = source
         self.runtime = ClientRuntime(max_trainers=1)
         self._calibrated: dict[CalibrationKey, float] = {}
-        self._secure = SecureClient(self.runtime)  # os.urandom: keys and masks are never seeded here
+        self._secure = SecureStageClient(self.runtime)  # os.urandom: keys and masks are never seeded here
 
     def train(self, msg: Message, context: Context) -> Message:
         """Train one round if the budget allows; else reply with an error saying why."""
@@ -393,19 +395,21 @@ class EdgeClient:
         config = self._source.config(context)
         data = self._source.data(context)
         try:
-            call = stage_call_bytes(msg)
-            parsed = parse_call(call)
+            call = stage_call(msg)
             with ClientBudget.open(settings.budget_path) as budget:
-                device = DeviceRound(budget, settings, config, int(context.run_id), parsed.round_num)
-                encoding = parsed.parts.get("encoding")
+                device = DeviceRound(budget, settings, config, int(context.run_id), call.round_num)
+                message = call.message
+                encoding = (
+                    message.encoding if isinstance(message, SetupMessage | MaskedInputMessage) else None
+                )
                 decision = None
-                if parsed.stage == Stage.ADVERTISE_KEYS:
+                if call.stage == Stage.ADVERTISE_KEYS:
                     if config.dp.central:
                         raise device.refusal("central DP does not run under secure aggregation")
                     device.plan(data, self._calibrated, encoding=encoding)
-                    _announce(context, parsed.round_num, encoding)
-                elif parsed.stage == Stage.MASKED_INPUT:
-                    if config.dp.distributed and _announced(context, parsed.round_num) != encoding:
+                    _announce(context, call.round_num, encoding)
+                elif call.stage == Stage.MASKED_INPUT:
+                    if config.dp.distributed and _announced(context, call.round_num) != encoding:
                         raise device.refusal(
                             "the masked-input stage's encoding is not the one stage 0 announced"
                         )

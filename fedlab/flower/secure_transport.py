@@ -3,7 +3,7 @@
 Each stage is one :func:`~fedlab.flower.exchange.exchange` of ``train.secagg`` messages (a custom
 action of the ``train`` category, registered by :func:`fedlab.flower.client.make_client_app`). A
 message's content holds the stage call as bytes (``secagg`` config record, see
-:mod:`fedlab.training.secure_client`) and, at the masked-input stage, the global weights
+:mod:`fedlab.algorithms.secure_wire`) and, at the masked-input stage, the global weights
 (``arrays``); a reply holds the stage reply as bytes. An error reply, a missing reply (timeout) or a
 malformed one is a dropout: the protocol handles it. The client keeps its secret per-round state in
 its own ``context.state``; nothing secret travels to the server except encrypted shares. A device
@@ -11,7 +11,8 @@ that crashes and rejoins within a stage is asked again; after stage 0 it has los
 and refuses, which is a dropout too.
 
 This module only moves messages: the server side of the protocol is
-:mod:`fedlab.algorithms.secure_fedavg`, the client side :mod:`fedlab.training.secure_client`.
+:mod:`fedlab.algorithms.secure_fedavg`, the client side :mod:`fedlab.algorithms.secure_client` (carried by
+:mod:`fedlab.flower.secure_client`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedlab.algorithms.secure_fedavg import (
-    ClientStageMessage,
-    ServerStageMessage,
-    StageReplies,
-    StageRequest,
-)
+from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
+from fedlab.algorithms.secure_wire import call_bytes, parse_reply
 from fedlab.flower.exchange import exchange
-from fedlab.flower.stages import call_parts, client_message
-from fedlab.training.secure_wire import call_bytes, parse_reply
 
 LOG = logging.getLogger("fedlab.secure_transport")
 
@@ -42,16 +37,9 @@ MESSAGE_TYPE = f"{MessageType.TRAIN}.secagg"
 """The message type of every stage message: ``train`` category, ``secagg`` action."""
 
 
-def encode_call(request: StageRequest, message: ServerStageMessage) -> bytes:
-    """Serialize one client's stage message."""
-    return call_bytes(
-        request.stage, round_num=request.round_num, round_seed=request.round_seed, parts=call_parts(message)
-    )
-
-
 def decode_reply(data: bytes, request: StageRequest) -> ClientStageMessage:
     """Parse a client's stage reply into the loop's type; ValueError if malformed or off-stage."""
-    return client_message(parse_reply(data), request)
+    return request.accept(parse_reply(data))
 
 
 class FlowerSecureTransport:
@@ -77,7 +65,7 @@ class FlowerSecureTransport:
 
     def stage(self, request: StageRequest) -> StageReplies:
         """Send each client its stage message; decode the replies that came back in time."""
-        calls = {self._nodes[cid]: encode_call(request, message) for cid, message in request.messages.items()}
+        calls = {self._nodes[cid]: call_bytes(request.call(cid)) for cid in request.messages}
         arrays = ArrayRecord([np.asarray(w) for w in request.weights]) if request.weights else None
 
         def build(nodes: Sequence[int]) -> list[Message]:

@@ -2,7 +2,7 @@
 
 :class:`InlineSecureTransport` is the inline backend's
 :class:`~fedlab.algorithms.secure_fedavg.SecureTransport`. Each stage message goes to the same
-client stage handler a Flower client runs (:class:`~fedlab.training.secure_client.SecureClient`),
+client protocol a Flower client runs (:class:`~fedlab.algorithms.secure_client.SecureClient`),
 as objects rather than bytes: the simulator holds every client in one process anyway, so
 serializing would only cost time. Each client's secret state is kept here between stages and
 deleted after its unmask answer, exactly as a client's ``context.state`` would be.
@@ -14,7 +14,7 @@ the protocol at the masked-input stage, and ``secagg.simulate_dropout`` drops cl
 stages as under Flower.
 
 Simulation only: keys, masks and noise come from sources seeded by the run seed
-(:func:`~fedlab.training.secure_client.stage_source`), so whoever knows the seed knows every mask.
+(:func:`~fedlab.algorithms.secure_client.stage_source`), so whoever knows the seed knows every mask.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 
 from fedlab.algorithms.federation import ClientTransport, RoundPlan
-from fedlab.algorithms.secure_fedavg import ClientStageMessage, ServerStageMessage, StageReplies, StageRequest
+from fedlab.algorithms.secure_client import SecureClient, SecureClientState, Training, dropout_stage
+from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
-from fedlab.flower.stages import client_message, stage_call
 from fedlab.secagg.errors import SecAggError, Stage
-from fedlab.training.secure_client import SecureClient, SecureClientState, Training, dropout_stage
 
 LOG = logging.getLogger("fedlab.secure_inline")
 
@@ -64,11 +63,11 @@ class InlineSecureTransport:
         failures: list[str] = []
         trained = self._train(request, failures) if request.stage == Stage.MASKED_INPUT else {}
         replies: dict[str, ClientStageMessage] = {}
-        for cid, message in request.messages.items():
+        for cid in request.messages:
             if request.stage == Stage.MASKED_INPUT and cid not in trained:
                 self._states.pop(cid, None)
                 continue  # did not arrive (device dropout, straggler or simulated protocol dropout)
-            reply = self._answer(request, cid, message, trained.get(cid), failures)
+            reply = self._answer(request, cid, trained.get(cid), failures)
             if reply is not None:
                 replies[cid] = reply
         for reason in failures:
@@ -79,13 +78,12 @@ class InlineSecureTransport:
         self,
         request: StageRequest,
         cid: str,
-        message: ServerStageMessage,
         training: Training | None,
         failures: list[str],
     ) -> ClientStageMessage | None:
         current = self._states.pop(cid, None)
         try:
-            call = stage_call(request, message)
+            call = request.call(cid)
             response = self._client.respond(self._config, cid, call, current, training=training)
         except (ValueError, SecAggError) as exc:
             failures.append(f"client {cid}: refused ({exc})")
@@ -95,7 +93,7 @@ class InlineSecureTransport:
         if response.reply is None:
             failures.append(f"client {cid}: simulated dropout")
             return None
-        return client_message(response.reply, request)
+        return request.accept(response.reply)
 
     def _train(self, request: StageRequest, failures: list[str]) -> dict[str, Training]:
         """Train the stage-2 clients that are still in the protocol, through the inline transport."""

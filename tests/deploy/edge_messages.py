@@ -10,11 +10,18 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from fedlab.algorithms.secure_fedavg import ClientStageMessage, SetupMessage, StageReplies, StageRequest
+from fedlab.algorithms.secure_messages import (
+    ClientStageMessage,
+    SetupMessage,
+    StageCall,
+    StageReplies,
+    StageRequest,
+)
+from fedlab.algorithms.secure_wire import call_bytes
 from fedlab.core.config import RunConfig
 from fedlab.flower.edge import EdgeClient, EdgeDataSource
 from fedlab.flower.records import ARRAYS, CONFIG
-from fedlab.flower.secure_transport import MESSAGE_TYPE, SECAGG, decode_reply, encode_call
+from fedlab.flower.secure_transport import MESSAGE_TYPE, SECAGG, decode_reply
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.encoding import FixedPointCodec
 from fedlab.secagg.errors import Stage
@@ -69,8 +76,7 @@ def advertise_message(
 ) -> Message:
     """A stage-0 (key advertising) message of ``round_num``."""
     params = SecAggParams(round_num, length, 2**32, 2, 2, bytes(32), 3)
-    request = StageRequest(round_num, 5, Stage.ADVERTISE_KEYS, {})
-    call = encode_call(request, SetupMessage(params, 0, encoding))
+    call = call_bytes(StageCall(Stage.ADVERTISE_KEYS, round_num, 5, SetupMessage(params, 0, encoding)))
     return Message(
         content=RecordDict({SECAGG: ConfigRecord({"call": call})}), dst_node_id=1, message_type=MESSAGE_TYPE
     )
@@ -92,9 +98,9 @@ class EdgeSecureTransport:
     def stage(self, request: StageRequest) -> StageReplies:
         replies: dict[str, ClientStageMessage] = {}
         failures: list[str] = []
-        for cid, message in request.messages.items():
+        for cid in request.messages:
             client, context = self.devices[cid]
-            content = RecordDict({SECAGG: ConfigRecord({"call": encode_call(request, message)})})
+            content = RecordDict({SECAGG: ConfigRecord({"call": call_bytes(request.call(cid))})})
             if request.weights:
                 content[ARRAYS] = ArrayRecord([np.asarray(w) for w in request.weights])
             msg = Message(content=content, dst_node_id=context.node_id, message_type=MESSAGE_TYPE)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fedlab.algorithms.runs import run_configured, secure_settings
-from fedlab.algorithms.secure_fedavg import MaskedInputMessage, StageReplies, StageRequest, secure_round
+from fedlab.algorithms.secure_fedavg import secure_round
+from fedlab.algorithms.secure_messages import MaskedInputMessage, StageReplies, StageRequest
 from fedlab.core.config import config_from_dict
 from fedlab.flower.edge import BUDGET_REFUSED
 from fedlab.privacy.client_budget import ClientBudget

@@ -1,7 +1,7 @@
 """An in-process SecureTransport for tests: real clients (ClientRuntime + digits), real wire bytes.
 
 Every stage message is serialized with the Flower transport's codec, answered by
-:class:`fedlab.training.secure_client.SecureClient` with its state kept as bytes between stages
+:class:`fedlab.flower.secure_client.SecureStageClient` with its state kept as bytes between stages
 (as under Flower's Ray engine), and the reply parsed back. ``dropouts`` injects losses:
 round -> stage -> client ids that send nothing from that stage on. ``carried`` keeps every reply
 the "server" received, to check what it could see.
@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from fedlab.algorithms.secure_fedavg import ClientStageMessage, StageReplies, StageRequest
+from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
+from fedlab.algorithms.secure_wire import call_bytes, parse_call
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import TrainReport
 from fedlab.data.federated import build_federated_data
-from fedlab.flower.secure_transport import decode_reply, encode_call
+from fedlab.flower.secure_client import SecureStageClient
+from fedlab.flower.secure_transport import decode_reply
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.local import PrivacyStep
-from fedlab.training.secure_client import SecureClient
 
 Dropouts = Mapping[int, Mapping[Stage, Set[str]]]
 
@@ -44,7 +45,7 @@ class LocalSecureTransport:
     def __post_init__(self) -> None:
         self.federated = build_federated_data(self.config.data, seed=self.config.run.seed)
         self.runtime = ClientRuntime()
-        self.client = SecureClient(self.runtime, seeded=self.seeded)
+        self.client = SecureStageClient(self.runtime, seeded=self.seeded)
 
     def data(self, cid: str) -> ClientData:
         return ClientData(
@@ -64,7 +65,7 @@ class LocalSecureTransport:
     def stage(self, request: StageRequest) -> StageReplies:
         replies: dict[str, ClientStageMessage] = {}
         failures: list[str] = []
-        for cid, message in request.messages.items():
+        for cid in request.messages:
             if self._lost(request.round_num, request.stage, cid):
                 self.states.pop(cid, None)
                 failures.append(f"client {cid}: injected dropout")
@@ -73,7 +74,7 @@ class LocalSecureTransport:
                 answer = self.client.answer(
                     self.config,
                     self.data(cid),
-                    encode_call(request, message),
+                    parse_call(call_bytes(request.call(cid))),
                     state=self.states.get(cid),
                     weights=request.weights,
                     history=self.histories.get(cid, ()),

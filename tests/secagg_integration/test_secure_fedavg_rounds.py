@@ -10,16 +10,11 @@ import pytest
 
 from fedlab.algorithms.federation import round_seed
 from fedlab.algorithms.runs import secure_settings
-from fedlab.algorithms.secure_fedavg import (
-    MaskedReply,
-    StageRequest,
-    fixed_point_codec,
-    secure_round,
-)
+from fedlab.algorithms.secure_fedavg import fixed_point_codec, secure_round
 from fedlab.algorithms.secure_loop import run_secure_fedavg
+from fedlab.algorithms.secure_messages import MaskedReply, StageCall
 from fedlab.core.config import RunConfig, config_from_dict
 from fedlab.core.errors import ConfigError
-from fedlab.flower.secure_transport import encode_call
 from fedlab.secagg.crypto import seeded_source
 from fedlab.secagg.errors import ProtocolError, Stage
 from fedlab.secagg.messages import UnmaskRequest
@@ -185,8 +180,12 @@ def test_unmask_request_replayed_on_the_same_state_is_refused() -> None:
     assert outcome.mean_delta is not None
     assert transport.states == {}  # every client forgot its round after answering stage 3
     # A second unmask request finds no state: refused instead of revealing the other share.
-    request = StageRequest(1, round_seed(config.run.seed, 1), Stage.UNMASK, {})
-    call = encode_call(request, UnmaskRequest(1, 0, frozenset(), frozenset({1, 2, 3})))
+    call = StageCall(
+        Stage.UNMASK,
+        1,
+        round_seed(config.run.seed, 1),
+        UnmaskRequest(1, 0, frozenset(), frozenset({1, 2, 3})),
+    )
     with pytest.raises(ProtocolError, match="no secure-aggregation state"):
         transport.client.answer(config, transport.data("0"), call, state=None)
 

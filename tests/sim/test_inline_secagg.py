@@ -120,7 +120,7 @@ def test_device_dropouts_leave_the_protocol_at_the_masked_input_stage(tmp_path: 
 
 
 def test_no_secret_state_outlives_its_round() -> None:
-    from fedlab.algorithms.secure_fedavg import StageRequest
+    from fedlab.algorithms.secure_messages import StageRequest
     from fedlab.data.federated import build_federated_data
     from fedlab.secagg.errors import Stage
     from fedlab.sim.devices import profiles_from_config

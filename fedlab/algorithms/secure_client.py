@@ -16,9 +16,9 @@ successive stages of one client may run in different processes. After the stage 
 caller must delete the state: a second unmask request then finds nothing and is refused (a server
 asking twice with different requests could otherwise collect both shares of one neighbour).
 
-Messages travel as bytes (:func:`call_bytes`, :func:`reply_bytes` and their parsers): JSON with
-base64 bytes; a reply's masked vector follows its JSON header as raw little-endian integers.
-Parsing never evaluates anything and checks every type, so a malformed message is a
+Training is passed in (:data:`Training`): this module is numpy only. The calls and replies are
+the typed messages of :mod:`fedlab.algorithms.secure_messages`; a transport that serializes uses
+:mod:`fedlab.algorithms.secure_wire`, whose parsers check every type, so a malformed message is a
 :class:`ValueError`, never a crash in the protocol.
 
 Randomness: every key, seed, nonce, rounding and noise draw comes from one
@@ -26,8 +26,8 @@ Randomness: every key, seed, nonce, rounding and noise draw comes from one
 (:func:`stage_source` with ``seed=None``). In simulation :func:`stage_source` derives a seeded
 source from the run seed, the public round seed, the client id and the stage, so runs are
 reproducible; anyone who knows the run seed (the simulator) then knows every mask: simulation only.
-DP-SGD training at stage 2 likewise draws its batches and noise from a fresh client secret in
-deployment (:func:`~fedlab.training.randomness.fresh_secret`), from seeds in simulation.
+The training passed in draws DP-SGD's batches and noise from its own sources (a fresh client
+secret per round in deployment, seeds in simulation).
 
 Threat model (beyond :mod:`fedlab.secagg`): stops a server that replays a stage, skips one, mixes
 rounds, or asks for unmasking twice on the same state (the state names the round and the next
@@ -41,19 +41,26 @@ the run's calibration but still positive (clients do not re-run the calibration)
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from fedlab.algorithms.secure_encoding import check_encoding, encode_update
+from fedlab.algorithms.secure_messages import (
+    MaskedInputMessage,
+    MaskedReply,
+    SetupMessage,
+    StageCall,
+    StageReply,
+)
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import example_weight
-from fedlab.privacy.skellam import SkellamParams
+from fedlab.privacy.events import GaussianEvent
 from fedlab.secagg import protocol
 from fedlab.secagg.crypto import KeyPair, RandomSource, seeded_source
 from fedlab.secagg.encoding import FixedPointCodec
@@ -71,13 +78,7 @@ from fedlab.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedlab.training.client_runtime import ClientData, ClientRuntime
-from fedlab.training.local import PrivacyStep
-from fedlab.training.randomness import fresh_secret
-from fedlab.training.secure_encoding import check_encoding, encode_update
-from fedlab.training.secure_wire import (
-    StageCall,
-    StageReply,
+from fedlab.secagg.wire import (
     b64,
     id_map,
     id_map_from,
@@ -85,8 +86,6 @@ from fedlab.training.secure_wire import (
     keys_to_wire,
     params_from_wire,
     params_to_wire,
-    parse_call,
-    reply_bytes,
     unb64,
     wire_dict,
     wire_int,
@@ -264,27 +263,11 @@ def unmask(state: SecureClientState | None, request: UnmaskRequest) -> UnmaskRes
 
 
 @dataclass(frozen=True)
-class StageAnswer:
-    """What a client does with one stage message.
-
-    Attributes:
-        reply: The reply bytes, or None when the client (simulated) drops out: send nothing.
-        state: The state bytes to store for the next stage, or None: delete any stored state.
-        history: The client's new DP-SGD accountant history (stage 2 only), else None.
-
-    """
-
-    reply: bytes | None
-    state: bytes | None
-    history: tuple[PrivacyStep, ...] | None = None
-
-
-@dataclass(frozen=True)
 class StageResponse:
-    """:class:`StageAnswer` as objects, for a transport that keeps everything in one process.
+    """What a client does with one stage call.
 
     Attributes:
-        reply: The reply, or None when the client (simulated) drops out.
+        reply: The reply, or None when the client (simulated) drops out: send nothing.
         state: The state for the next stage, or None: delete any stored state.
         history: The client's new DP-SGD accountant history (stage 2 only), else None.
 
@@ -292,137 +275,93 @@ class StageResponse:
 
     reply: StageReply | None
     state: SecureClientState | None
-    history: tuple[PrivacyStep, ...] | None = None
+    history: tuple[GaussianEvent, ...] | None = None
 
 
-Training = Callable[[], tuple[TrainReport, Sequence[PrivacyStep]]]
+Training = Callable[[], tuple[TrainReport, tuple[GaussianEvent, ...]]]
 """Trains the client from the global weights of the masked-input stage: its report and new history."""
 
 
 class SecureClient:
-    """Answers stage messages for any number of clients.
+    """Answers stage calls for any number of clients; training is passed in.
 
     Args:
-        runtime: Trains clients for :meth:`answer` (reused across rounds); :meth:`respond` callers
-            train themselves and may omit it.
-        seeded: Draw keys, masks, noise and DP-SGD's batches and noise from seeded sources
-            (simulation; see :func:`stage_source`) instead of ``os.urandom`` and a fresh client
-            secret per round (deployment, the default).
+        seeded: Draw keys, masks and noise from seeded sources (simulation; see
+            :func:`stage_source`) instead of ``os.urandom`` (deployment, the default).
 
     """
 
-    def __init__(self, runtime: ClientRuntime | None = None, *, seeded: bool = False) -> None:
-        self._runtime = runtime
-        self._seeded = seeded
-
-    def answer(
-        self,
-        config: RunConfig,
-        data: ClientData,
-        call: bytes,
-        *,
-        state: bytes | None,
-        weights: Sequence[np.ndarray] = (),
-        history: Sequence[PrivacyStep] = (),
-    ) -> StageAnswer:
-        """Answer one stage message received as bytes; the reply and the next state are bytes too.
-
-        Raises:
-            ValueError: If the message or the stored state is malformed.
-            SecAggError: If the message breaks the protocol (the client refuses to go on).
-
-        """
-        msg = parse_call(call)
-        current = SecureClientState.from_bytes(state) if state is not None and msg.stage > 0 else None
-        runtime = self._runtime
-        if runtime is None:
-            raise ValueError("SecureClient.answer needs a ClientRuntime to train with")
-        training: Training | None = None
-        if weights:
-
-            def training() -> tuple[TrainReport, Sequence[PrivacyStep]]:
-                secret = None if self._seeded else fresh_secret()  # deployment: DP-SGD from a secret
-                return runtime.train(
-                    config, data, weights, history=history, round_seed=msg.round_seed, secret=secret
-                )
-
-        response = self.respond(config, data.client_id, msg, current, training=training)
-        return StageAnswer(
-            None if response.reply is None else reply_bytes(response.reply),
-            None if response.state is None else response.state.to_bytes(),
-            response.history,
-        )
+    def __init__(self, *, seeded: bool = False) -> None:
+        self.seeded = seeded
 
     def respond(
         self,
         config: RunConfig,
         client_id: str,
-        msg: StageCall,
+        call: StageCall,
         current: SecureClientState | None,
         *,
         training: Training | None = None,
     ) -> StageResponse:
-        """Answer one parsed stage message with the client's parsed state.
+        """Answer one stage call with the client's state.
 
         Args:
             config: The client's run configuration.
             client_id: The client's stable id (dropout draws and seeded randomness).
-            msg: The stage message.
+            call: The stage call.
             current: The state the previous stage left (None at stage 0).
-            training: Trains the client at the masked-input stage; None when the message carried
+            training: Trains the client at the masked-input stage; None when the call carried
                 no global weights (refused at that stage).
 
         Raises:
-            ValueError: If the message is malformed.
-            SecAggError: If the message breaks the protocol (the client refuses to go on).
+            ValueError: If the call is malformed.
+            SecAggError: If the call breaks the protocol (the client refuses to go on).
 
         """
         drop = dropout_stage(
-            rate=config.secagg.simulate_dropout, seed=config.run.seed, round_seed=msg.round_seed,
+            rate=config.secagg.simulate_dropout, seed=config.run.seed, round_seed=call.round_seed,
             client_id=client_id,
         )  # fmt: skip
-        if drop is not None and msg.stage >= drop:
+        if drop is not None and call.stage >= drop:
             return StageResponse(reply=None, state=None)
         source = stage_source(
-            seed=config.run.seed if self._seeded else None,
-            round_seed=msg.round_seed,
+            seed=config.run.seed if self.seeded else None,
+            round_seed=call.round_seed,
             client_id=client_id,
-            stage=msg.stage,
+            stage=call.stage,
         )
-        if msg.stage == Stage.ADVERTISE_KEYS:
-            new, advert = advertise(msg.part("params", SecAggParams), msg.part("index", int), source)
-            return _response(msg, advert, new)
-        if msg.stage == Stage.SHARE_KEYS:
-            new, shares = share_keys(current, msg.part("roster", NeighbourRoster), source)
-            return _response(msg, shares, new)
-        if msg.stage == Stage.MASKED_INPUT:
-            return _train_and_mask(config, msg, current, training, source)
-        return _response(msg, unmask(current, msg.part("request", UnmaskRequest)), None)
+        message = call.message
+        if isinstance(message, SetupMessage):
+            new, advert = advertise(message.params, message.index, source)
+            return _response(call, advert, new)
+        if isinstance(message, NeighbourRoster):
+            new, shares = share_keys(current, message, source)
+            return _response(call, shares, new)
+        if isinstance(message, MaskedInputMessage):
+            return _train_and_mask(config, call, message, current, training, source)
+        return _response(call, unmask(current, message), None)
 
 
 def _response(
-    msg: StageCall,
-    message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse,
+    call: StageCall,
+    message: KeyAdvert | EncryptedShares | MaskedReply | UnmaskResponse,
     state: SecureClientState | None,
     *,
-    meta: Mapping[str, float] | None = None,
-    history: tuple[PrivacyStep, ...] | None = None,
+    history: tuple[GaussianEvent, ...] | None = None,
 ) -> StageResponse:
-    return StageResponse(StageReply(msg.stage, msg.round_num, message, dict(meta or {})), state, history)
+    return StageResponse(StageReply(call.stage, call.round_num, message), state, history)
 
 
 def _train_and_mask(
     config: RunConfig,
-    msg: StageCall,
+    call: StageCall,
+    message: MaskedInputMessage,
     current: SecureClientState | None,
     training: Training | None,
     source: RandomSource,
 ) -> StageResponse:
-    delivery = msg.part("delivery", ShareDelivery)
-    secret = _expect(current, Stage.MASKED_INPUT, delivery.round_id)
-    encoding = msg.parts.get("encoding")
-    if not isinstance(encoding, FixedPointCodec | SkellamParams):
-        raise ValueError("the masked-input stage message lacks an encoding")
+    secret = _expect(current, Stage.MASKED_INPUT, message.delivery.round_id)
+    encoding = message.encoding
     check_encoding(config, encoding, secret.params.vector_length)
     if training is None:
         raise ProtocolError("the masked-input stage carries no global weights")
@@ -431,14 +370,15 @@ def _train_and_mask(
     if isinstance(encoding, FixedPointCodec):
         weight = example_weight(report.update.num_examples, config.secure_weight_cap())
     encoded = encode_update(
-        report.update, encoding, rotation_seed=msg.round_seed, rng=generator_from(source), weight=weight
+        report.update, encoding, rotation_seed=call.round_seed, rng=generator_from(source), weight=weight
     )
-    new_state, masked = masked_input(current, delivery, encoded.residues)
-    meta = {
-        "num-examples": float(report.update.num_examples),
-        "epsilon": report.epsilon if math.isfinite(report.epsilon) else -1.0,
-        "noise-multiplier": report.noise_multiplier,
-        "sample-rate": report.sample_rate,
-        "steps": float(report.steps),
-    }
-    return _response(msg, masked, new_state, meta=meta, history=tuple(new_history))
+    new_state, masked = masked_input(current, message.delivery, encoded.residues)
+    reply = MaskedReply(
+        masked=masked,
+        num_examples=report.update.num_examples,
+        epsilon=report.epsilon,
+        noise_multiplier=report.noise_multiplier,
+        sample_rate=report.sample_rate,
+        steps=report.steps,
+    )
+    return _response(call, reply, new_state, history=tuple(new_history))

@@ -1,10 +1,15 @@
-"""The SecAgg+ wire codec: stage calls and replies as bytes, parsed without evaluating anything.
+"""The SecAgg+ wire codec: protocol messages as JSON objects and bytes, parsed without evaluating anything.
 
-A call or reply is JSON with base64 bytes; a reply's masked vector follows its JSON header as raw
-little-endian integers of the narrowest unsigned width that holds it. Parsing checks every type,
-so a malformed message is a :class:`ValueError`, never a crash in the protocol. The helpers
-(``b64``, ``wire_int``, ``keys_to_wire``, ...) also serialize a client's secret state
-(:class:`~fedlab.training.secure_client.SecureClientState`).
+Every protocol message of :mod:`fedlab.secagg.messages` (and the :class:`FixedPointCodec` a server
+announces) has a JSON form with base64 bytes (:func:`to_wire`, :func:`from_wire`). A masked input's
+vector travels in binary instead (:func:`masked_to_wire`, :func:`masked_from_wire`): raw
+little-endian integers of the narrowest unsigned width that holds it, after a framed JSON header
+(:func:`frame`, :func:`unframe`). Parsing checks every type, so a malformed message is a
+:class:`ValueError`, never a crash in the protocol. The helpers (``b64``, ``wire_int``,
+``keys_to_wire``, ...) also serialize a client's secret state between stages.
+
+The stage envelopes (stage, round, the message and what rides beside it: the encoding, public
+metadata) are :mod:`fedlab.algorithms.secure_wire`, where secure aggregation meets privacy.
 """
 
 from __future__ import annotations
@@ -13,14 +18,12 @@ import base64
 import json
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
-from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.encoding import FixedPointCodec
-from fedlab.secagg.errors import ProtocolError, Stage
+from fedlab.secagg.errors import ProtocolError
 from fedlab.secagg.messages import (
     EncryptedShares,
     KeyAdvert,
@@ -41,17 +44,15 @@ WireObject = (
     | UnmaskRequest
     | KeyAdvert
     | EncryptedShares
-    | MaskedInput
     | UnmaskResponse
     | FixedPointCodec
-    | SkellamParams
-    | int
 )
+"""A protocol message (or the fixed-point encoding) with a JSON form."""
 
 T = TypeVar("T")
 
 
-# ---- wire codec --------------------------------------------------------------------------------
+# ---- primitives --------------------------------------------------------------------------------
 
 
 def b64(data: bytes) -> str:
@@ -158,11 +159,8 @@ def params_from_wire(value: Any) -> SecAggParams:
     )
 
 
-def _to_wire(obj: WireObject) -> dict[str, Any]:
-    if isinstance(obj, bool):
-        raise ValueError("booleans are not wire objects")
-    if isinstance(obj, int):
-        return {"type": "int", "value": obj}
+def to_wire(obj: WireObject) -> dict[str, Any]:
+    """A protocol message as a JSON object with a ``type`` key."""
     if isinstance(obj, SecAggParams):
         return {"type": "params", **params_to_wire(obj)}
     if isinstance(obj, FixedPointCodec):
@@ -173,8 +171,6 @@ def _to_wire(obj: WireObject) -> dict[str, Any]:
             "scale": obj.scale,
             "max_summands": obj.max_summands,
         }
-    if isinstance(obj, SkellamParams):
-        return {"type": "skellam", **obj.to_dict()}
     if isinstance(obj, KeyAdvert):
         keys = keys_to_wire(obj.keys)
         return {"type": "advert", "round_id": obj.round_id, "sender": obj.sender, "keys": keys}
@@ -193,8 +189,6 @@ def _to_wire(obj: WireObject) -> dict[str, Any]:
             party: obj.sender if isinstance(obj, EncryptedShares) else obj.receiver,
             "ciphertexts": id_map(obj.ciphertexts, b64),
         }
-    if isinstance(obj, MaskedInput):
-        raise ValueError("a masked input travels only in a reply (reply_bytes), its vector in binary")
     if isinstance(obj, UnmaskRequest):
         return {
             "type": "unmask-request",
@@ -219,7 +213,6 @@ def _ids(value: Any) -> frozenset[int]:
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], WireObject]] = {
-    "int": lambda d: wire_int(d["value"]),
     "params": params_from_wire,
     "fixed-point": lambda d: FixedPointCodec(
         bits=wire_int(d["bits"]),
@@ -227,7 +220,6 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], WireObject]] = {
         scale=wire_float(d["scale"]),
         max_summands=wire_int(d["max_summands"]),
     ),
-    "skellam": lambda d: SkellamParams.from_dict({k: v for k, v in d.items() if k != "type"}),
     "advert": lambda d: KeyAdvert(wire_int(d["round_id"]), wire_int(d["sender"]), keys_from_wire(d["keys"])),
     "roster": lambda d: NeighbourRoster(
         wire_int(d["round_id"]), wire_int(d["receiver"]), id_map_from(d["neighbours"], keys_from_wire)
@@ -250,18 +242,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], WireObject]] = {
 }
 
 
-def _any_from_wire(value: Any) -> WireObject:
-    d = wire_dict(value)
-    parser = _PARSERS.get(str(d.get("type")))
-    if parser is None:
-        raise ValueError(f"unknown wire object type {d.get('type')!r}")
-    try:
-        return parser(d)
-    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-        raise ValueError(f"malformed {d.get('type')} message: {exc}") from None
-
-
-def _from_wire(value: Any, kind: type[T]) -> T:
+def from_wire(value: Any, kind: type[T]) -> T:
+    """Parse :func:`to_wire` output, checked to be a ``kind``; ValueError if malformed or another type."""
     d = wire_dict(value)
     parser = _PARSERS.get(str(d.get("type")))
     if parser is None:
@@ -275,145 +257,53 @@ def _from_wire(value: Any, kind: type[T]) -> T:
     return obj
 
 
-@dataclass(frozen=True)
-class StageCall:
-    """A server -> client stage message, parsed.
-
-    Attributes:
-        stage: The protocol stage.
-        round_num: The federation round (also the SecAgg round id).
-        round_seed: The round's public seed (rotation seed of distributed DP; training seed).
-        parts: Named wire objects: stage 0 ``params``, ``index`` and ``encoding`` (to decide early
-            whether the round fits a device's budget); stage 1 ``roster``; stage 2
-            ``delivery`` and ``encoding`` (the global weights travel beside, as arrays);
-            stage 3 ``request``.
-
-    """
-
-    stage: Stage
-    round_num: int
-    round_seed: int
-    parts: Mapping[str, WireObject]
-
-    def part(self, name: str, kind: type[T]) -> T:
-        """The part ``name``, checked to be a ``kind``; ValueError if missing or of another type."""
-        value = self.parts.get(name)
-        if not isinstance(value, kind):
-            raise ValueError(f"stage {self.stage.name} message lacks a {kind.__name__} {name!r}")
-        return value
+def masked_to_wire(masked: MaskedInput) -> tuple[dict[str, Any], bytes]:
+    """A masked input as a JSON object and its vector's raw bytes (see the module docstring)."""
+    vector = np.asarray(masked.vector)
+    dtype = _narrowest_dtype(vector)
+    spec = {"dtype": dtype.str, "length": int(vector.size)}
+    header = {"type": "masked", "round_id": masked.round_id, "sender": masked.sender, "vector": spec}
+    return header, vector.astype(dtype, copy=False).tobytes()
 
 
-def call_bytes(stage: Stage, *, round_num: int, round_seed: int, parts: Mapping[str, WireObject]) -> bytes:
-    """Serialize a server -> client stage message."""
-    payload = {
-        "stage": int(stage),
-        "round": round_num,
-        "seed": round_seed,
-        "parts": {name: _to_wire(obj) for name, obj in parts.items()},
-    }
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def parse_call(data: bytes) -> StageCall:
-    """Parse :func:`call_bytes` output; ValueError if malformed."""
+def masked_from_wire(value: Any, tail: bytes) -> MaskedInput:
+    """Parse :func:`masked_to_wire` output; ValueError if malformed."""
+    d = wire_dict(value)
+    if d.get("type") != "masked":
+        raise ValueError(f"expected a masked input, got {d.get('type')!r}")
     try:
-        d = wire_dict(json.loads(data.decode()))
-        parts = {str(name): _any_from_wire(obj) for name, obj in wire_dict(d["parts"]).items()}
-        return StageCall(Stage(wire_int(d["stage"])), wire_int(d["round"]), wire_int(d["seed"]), parts)
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"malformed stage message: {exc}") from None
+        return MaskedInput(wire_int(d["round_id"]), wire_int(d["sender"]), _vector_from(d["vector"], tail))
+    except (KeyError, ProtocolError) as exc:
+        raise ValueError(f"malformed masked input: {exc}") from None
 
 
-@dataclass(frozen=True)
-class StageReply:
-    """A client -> server stage reply, parsed.
-
-    Attributes:
-        stage: The stage answered.
-        round_num: The round.
-        message: The protocol message (KeyAdvert, EncryptedShares, MaskedInput, UnmaskResponse).
-        meta: Public metadata (stage 2: ``num-examples`` and the client's own DP-SGD accounting
-            ``epsilon``, ``noise-multiplier``, ``sample-rate``, ``steps``; no training loss, no norm,
-            nothing computed from the update).
-
-    """
-
-    stage: Stage
-    round_num: int
-    message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse
-    meta: Mapping[str, float] = field(default_factory=dict)
-
-
-_REPLY_TYPES: dict[Stage, type[KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse]] = {
-    Stage.ADVERTISE_KEYS: KeyAdvert,
-    Stage.SHARE_KEYS: EncryptedShares,
-    Stage.MASKED_INPUT: MaskedInput,
-    Stage.UNMASK: UnmaskResponse,
-}
-
-
-_REPLY_MAGIC = b"fedlab-secagg-reply/2\n"
 _HEADER_LENGTH = struct.Struct("<I")
 
 
-def reply_bytes(reply: StageReply) -> bytes:
-    """Serialize a client -> server stage reply.
+def frame(magic: bytes, header: Mapping[str, Any], tail: bytes = b"") -> bytes:
+    """``magic``, the 4-byte little-endian length of the JSON ``header``, the header, then ``tail``.
 
-    Layout: a magic line, the 4-byte little-endian length of a JSON header, the header, then the
-    masked input's vector (stage 2 only) as raw little-endian integers of the narrowest unsigned
-    width that holds it: 4 bytes per coordinate for a modulus up to 2^32, no base64.
+    Example:
+        >>> unframe(b"M", frame(b"M", {"a": 1}, b"xyz"))
+        ({'a': 1}, b'xyz')
+
     """
-    tail = b""
-    message: dict[str, Any]
-    if isinstance(reply.message, MaskedInput):
-        vector = np.asarray(reply.message.vector)
-        dtype = _narrowest_dtype(vector)
-        tail = vector.astype(dtype, copy=False).tobytes()
-        spec = {"dtype": dtype.str, "length": int(vector.size)}
-        message = {"type": "masked", "round_id": reply.message.round_id, "sender": reply.message.sender}
-        message["vector"] = spec
-    else:
-        message = _to_wire(reply.message)
-    payload = {
-        "stage": int(reply.stage),
-        "round": reply.round_num,
-        "message": message,
-        "meta": dict(reply.meta),
-    }
-    header = json.dumps(payload, separators=(",", ":")).encode()
-    return _REPLY_MAGIC + _HEADER_LENGTH.pack(len(header)) + header + tail
+    data = json.dumps(dict(header), separators=(",", ":")).encode()
+    return magic + _HEADER_LENGTH.pack(len(data)) + data + tail
 
 
-def _split_reply(data: bytes) -> tuple[dict[str, Any], bytes]:
-    if not data.startswith(_REPLY_MAGIC):
-        raise ValueError("not a fedlab secure-aggregation reply (bad magic)")
-    start = len(_REPLY_MAGIC) + _HEADER_LENGTH.size
+def unframe(magic: bytes, data: bytes) -> tuple[dict[str, Any], bytes]:
+    """Split :func:`frame` output into its header and tail; ValueError if malformed."""
+    if not data.startswith(magic):
+        raise ValueError("bad magic: not this kind of message")
+    start = len(magic) + _HEADER_LENGTH.size
     if len(data) < start:
-        raise ValueError("the reply is truncated")
-    (length,) = _HEADER_LENGTH.unpack_from(data, len(_REPLY_MAGIC))
+        raise ValueError("the message is truncated")
+    (length,) = _HEADER_LENGTH.unpack_from(data, len(magic))
     if len(data) < start + length:
-        raise ValueError("the reply header is truncated")
-    return wire_dict(json.loads(data[start : start + length].decode())), data[start + length :]
-
-
-def parse_reply(data: bytes) -> StageReply:
-    """Parse :func:`reply_bytes` output; ValueError if malformed or of the wrong type for its stage."""
+        raise ValueError("the message header is truncated")
     try:
-        d, tail = _split_reply(data)
-        stage = Stage(wire_int(d["stage"]))
-        wire = wire_dict(d["message"])
-        message: KeyAdvert | EncryptedShares | MaskedInput | UnmaskResponse
-        if stage == Stage.MASKED_INPUT:
-            if wire.get("type") != "masked":
-                raise ValueError(f"expected a masked input, got {wire.get('type')!r}")
-            message = MaskedInput(
-                wire_int(wire["round_id"]), wire_int(wire["sender"]), _vector_from(wire["vector"], tail)
-            )
-        elif tail:
-            raise ValueError("only a masked input carries a binary vector")
-        else:
-            message = _from_wire(wire, _REPLY_TYPES[stage])
-        meta = {str(k): wire_float(v) for k, v in wire_dict(d.get("meta", {})).items()}
-        return StageReply(stage, wire_int(d["round"]), message, meta)
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError, ProtocolError) as exc:
-        raise ValueError(f"malformed stage reply: {exc}") from None
+        header = json.loads(data[start : start + length].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"malformed message header: {exc}") from None
+    return wire_dict(header), data[start + length :]
