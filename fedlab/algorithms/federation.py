@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -102,6 +102,30 @@ class FedAvgSettings:
 
 Sampler = Callable[[int, np.random.Generator], Sequence[str]]
 """Draws one round's client ids: ``(round_num, rng) -> ids``."""
+
+
+@runtime_checkable
+class IndexSampling(Protocol):
+    """A transport that samples its population by index, without listing it (a simulator).
+
+    It must draw exactly the clients :meth:`FedAvgSettings.sample` draws from the same generator
+    state, so that the run does not depend on which way it sampled.
+    """
+
+    def sample(
+        self, round_num: int, rng: np.random.Generator, *, mode: str, fraction: float
+    ) -> tuple[str, ...]:
+        """The ids of the clients sampled for ``round_num`` (``mode``: ``fraction`` or ``poisson``)."""
+        ...
+
+
+def index_sampler(transport: IndexSampling, settings: FedAvgSettings) -> Sampler:
+    """The :data:`Sampler` that draws ``settings``' clients through ``transport`` by index."""
+
+    def by_index(round_num: int, rng: np.random.Generator) -> Sequence[str]:
+        return transport.sample(round_num, rng, mode=settings.sampling, fraction=settings.fraction_train)
+
+    return by_index
 
 
 def run_fedavg(

@@ -11,7 +11,14 @@ from typing import cast
 import numpy as np
 
 from fedlab.algorithms.dp_fedavg import DpFedAvgSettings, run_dp_fedavg
-from fedlab.algorithms.federation import ClientTransport, FedAvgSettings, RoundRecorder, run_fedavg
+from fedlab.algorithms.federation import (
+    ClientTransport,
+    FedAvgSettings,
+    IndexSampling,
+    RoundRecorder,
+    index_sampler,
+    run_fedavg,
+)
 from fedlab.algorithms.secure_fedavg import (
     SecureFedAvgSettings,
     SecureTransport,
@@ -215,7 +222,9 @@ def run_configured(
 
     With ``secagg.enabled`` the transport must be a :class:`SecureTransport` (it runs the SecAgg+
     stages); the loop is :func:`~fedlab.algorithms.secure_loop.run_secure_fedavg`, with distributed
-    DP when ``dp.mode = "distributed"``.
+    DP when ``dp.mode = "distributed"``. Plain FedAvg samples through the transport by index when
+    it can (:class:`~fedlab.algorithms.federation.IndexSampling`: a simulator's population is not
+    listed every round), drawing the same clients.
 
     Args:
         config: The validated run configuration.
@@ -257,15 +266,17 @@ def run_configured(
             sample_rng=randomness.sampling,
         )
         return RunOutcome(outcome.weights, outcome.stopped_because)
+    settings = FedAvgSettings(
+        rounds=config.run.rounds,
+        fraction_train=config.server.fraction_train,
+        seed=config.run.seed,
+        sampling=config.client_sampling,
+    )
     weights = run_fedavg(
         transport=transport,
         recorder=recorder,
         initial_weights=initial_weights,
-        settings=FedAvgSettings(
-            rounds=config.run.rounds,
-            fraction_train=config.server.fraction_train,
-            seed=config.run.seed,
-            sampling=config.client_sampling,
-        ),
+        settings=settings,
+        sampler=index_sampler(transport, settings) if isinstance(transport, IndexSampling) else None,
     )
     return RunOutcome(weights, "completed all rounds")

@@ -25,12 +25,10 @@ from fedlab.core.config import RunConfig
 from fedlab.core.errors import FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
-from fedlab.data.federated import build_federated_data
 from fedlab.flower.exchange import exchange
 from fedlab.flower.records import ARRAYS, CONFIG, arrays_record, client_id_from_content, split_replies
 from fedlab.flower.secure_transport import FlowerSecureTransport
-from fedlab.training.models import build_model, get_weights
-from fedlab.training.recorder import RunRecorder
+from fedlab.training.run_setup import set_up_run
 
 LOG = logging.getLogger("fedlab.server")
 
@@ -143,17 +141,7 @@ def train_messages(node_ids: Sequence[int], arrays: ArrayRecord, config: ConfigR
 def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     """Run every configured round against ``grid`` and return the run summary."""
     config = settings.config
-    data = build_federated_data(config.data, seed=config.run.seed)
-    model = build_model(
-        config.model.kind,
-        feature_shape=data.feature_shape,
-        num_classes=data.num_classes,
-        hidden=config.model.hidden,
-        seed=config.run.seed,
-    )
-    recorder = RunRecorder(
-        run_dir=settings.run_dir, config=config, model=model, test_set=data.test, observer=settings.observer
-    )
+    setup = set_up_run(config, run_dir=settings.run_dir, observer=settings.observer)
     nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
     clients = discover_clients(grid, nodes, timeout=config.server.timeout)
     transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
@@ -164,12 +152,12 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     outcome = run_configured(
         config,
         transport=transport,
-        recorder=recorder,
-        initial_weights=get_weights(model),
+        recorder=setup.recorder,
+        initial_weights=setup.initial_weights,
         num_clients=len(clients),
         secure_noise=settings.secure_noise,
     )
-    return recorder.finish(stopped_because=outcome.stopped_because)
+    return setup.recorder.finish(stopped_because=outcome.stopped_because)
 
 
 def make_server_app(

@@ -1,8 +1,9 @@
 """The fast in-process simulator (``simulation.backend = "inline"``), no Flower, no Ray.
 
-It runs the server and client logic of a deployment: the round loop
-(:func:`~fedlab.sim.loop.run_simulated_fedavg`, ``run_fedavg`` sampling by index),
-the same :class:`~fedlab.training.recorder.RunRecorder` (ledger, metrics, model) and
+It runs the server and client logic of a deployment: the same set-up
+(:func:`~fedlab.training.run_setup.set_up_run`: data, initial model,
+:class:`~fedlab.training.recorder.RunRecorder`), the same round loops
+(:func:`~fedlab.algorithms.runs.run_configured`; plain FedAvg samples by index) and
 clients that train exactly as a :class:`~fedlab.training.local.LocalTrainer` does.
 Only the transport is simulated:
 
@@ -35,22 +36,22 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from fedlab.algorithms.federation import ClientTransport, FedAvgSettings, RoundPlan, RoundRecorder
+from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder
 from fedlab.algorithms.runs import run_configured
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
 from fedlab.core.reports import RoundReplies
-from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
 from fedlab.sim.hooks import InlineHooks, TappedRecorder, WithExtraClients
-from fedlab.sim.loop import run_simulated_fedavg, sample_indices
 from fedlab.sim.pool import WorkerPool
+from fedlab.sim.sampling import sample_indices
+from fedlab.sim.secure_inline import InlineSecureTransport
 from fedlab.sim.trainer import ClientOutcome, local_steps
 from fedlab.sim.worker import ClientService, WorkerTask, split_task
 from fedlab.training.accounting import PrivacyStep
-from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import RunRecorder
+from fedlab.training.run_setup import set_up_run
 
 POOL_START_SECONDS = 10.0
 """Expected in-process training time left above which the worker pool is started."""
@@ -227,16 +228,8 @@ def simulate_inline(
             :mod:`fedlab.sim.hooks`).
     """
     torch.set_num_threads(1)  # one thread per training process, as each worker
-    if data is None:
-        data = build_federated_data(config.data, seed=config.run.seed)
-    model = build_model(
-        config.model.kind,
-        feature_shape=data.feature_shape,
-        num_classes=data.num_classes,
-        hidden=config.model.hidden,
-        seed=config.run.seed,
-    )
-    recorder = RunRecorder(run_dir=run_dir, config=config, model=model, test_set=data.test, observer=observer)
+    setup = set_up_run(config, run_dir=run_dir, observer=observer, data=data)
+    data = setup.data
     workers = worker_count(config)
     pool = WorkerPool(config, data, workers) if workers >= 2 else None
     try:
@@ -253,12 +246,12 @@ def simulate_inline(
             ),
         )
         stopped = _run_rounds(
-            config, transport, recorder, get_weights(model), data.num_clients, hooks or InlineHooks()
+            config, transport, setup.recorder, setup.initial_weights, data.num_clients, hooks or InlineHooks()
         )
     finally:
         if pool is not None:
             pool.close()
-    return recorder.finish(stopped_because=stopped)
+    return setup.recorder.finish(stopped_because=stopped)
 
 
 def _run_rounds(
@@ -269,37 +262,24 @@ def _run_rounds(
     num_clients: int,
     hooks: InlineHooks,
 ) -> str:
-    """Plain FedAvg runs the index-sampling loop; DP-FedAvg and SecAgg+ the configured loops."""
-    from fedlab.sim.secure_inline import InlineSecureTransport  # it imports this module
-
+    """The configured loop over the inline transport, with an audit's hooks applied."""
+    if not (config.secagg.enabled or config.dp.central) and (
+        hooks.extra_clients is not None or hooks.secure_server
+    ):
+        raise ValueError("extra clients and a secure server need a DP-FedAvg or secure-aggregation run")
     tapped: RoundRecorder = (
         recorder if hooks.on_release is None else TappedRecorder(recorder, hooks.on_release)
     )
-    if config.secagg.enabled or config.dp.central:
-        clients: ClientTransport = transport
-        if hooks.extra_clients is not None:
-            clients = WithExtraClients(transport, hooks.extra_clients)
-            num_clients += hooks.extra_clients.slots
-        outcome = run_configured(
-            config,
-            transport=InlineSecureTransport(config, clients) if config.secagg.enabled else clients,
-            recorder=tapped,
-            initial_weights=initial_weights,
-            num_clients=num_clients,
-            secure_noise=hooks.secure_server,
-        )
-        return outcome.stopped_because
-    if hooks.extra_clients is not None or hooks.secure_server:
-        raise ValueError("extra clients and a secure server need a DP-FedAvg or secure-aggregation run")
-    run_simulated_fedavg(
-        transport=transport,
+    clients: ClientTransport = transport
+    if hooks.extra_clients is not None:
+        clients = WithExtraClients(transport, hooks.extra_clients)
+        num_clients += hooks.extra_clients.slots
+    outcome = run_configured(
+        config,
+        transport=InlineSecureTransport(config, clients) if config.secagg.enabled else clients,
         recorder=tapped,
         initial_weights=initial_weights,
-        settings=FedAvgSettings(
-            rounds=config.run.rounds,
-            fraction_train=config.server.fraction_train,
-            seed=config.run.seed,
-            sampling=config.client_sampling,
-        ),
+        num_clients=num_clients,
+        secure_noise=hooks.secure_server,
     )
-    return "completed all rounds"
+    return outcome.stopped_because

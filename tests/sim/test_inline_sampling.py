@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
-from fedlab.sim.loop import sample_indices
+from fedlab.sim.sampling import sample_indices
 
 
 @pytest.mark.parametrize("seed", range(5))
