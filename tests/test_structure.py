@@ -4,6 +4,9 @@ import ast
 from pathlib import Path
 
 import grimp
+import pytest
+
+from fedlab.core.choices import CLIENT_ACCOUNTANTS, DP_MODES, MODELS, SERVER_ACCOUNTANTS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fedlab"
 LONGEST = 500
@@ -89,32 +92,48 @@ def test_the_private_import_finder_finds_one(tmp_path):
     assert private_imports(tmp_path) == ["m.py: fedlab.training.local._secret"]
 
 
-def mode_comparisons(root: Path) -> list[str]:
-    """Every comparison of a ``.mode`` attribute with a string literal (``dp.mode == "central"``)."""
+VOCABULARY = frozenset({*DP_MODES, *MODELS, *CLIENT_ACCOUNTANTS, *SERVER_ACCOUNTANTS}) - {"none"}
+"""The config strings the config resolves (dp.mode, model.kind, dp.accountant)."""
+
+
+def _literals(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def vocabulary_comparisons(root: Path) -> list[str]:
+    """Every comparison with a resolved config string, or of a ``.mode`` attribute with a string."""
     found = []
     for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Compare):
                 continue
             operands = [node.left, *node.comparators]
-            literals = [
-                o
-                for o in operands
-                if (isinstance(o, ast.Constant) and isinstance(o.value, str))
-                or (isinstance(o, ast.Tuple) and all(isinstance(e, ast.Constant) for e in o.elts))
-            ]
-            if literals and any(isinstance(o, ast.Attribute) and o.attr == "mode" for o in operands):
+            literals = [value for o in operands for value in _literals(o)]
+            on_mode = any(isinstance(o, ast.Attribute) and o.attr == "mode" for o in operands)
+            if VOCABULARY.intersection(literals) or (literals and on_mode):
                 found.append(f"{path.name}:{node.lineno}")
     return found
 
 
-def test_below_the_config_nothing_compares_the_dp_mode_string():
-    # The config resolves it: dp.enabled, dp.dpsgd, dp.central, dp.distributed, dp.user_level.
+def test_below_the_config_nothing_compares_mode_accountant_or_model_strings():
+    # The config resolves them: dp.enabled, dp.dpsgd, dp.central, dp.distributed, dp.user_level;
+    # model.kind is a ModelKind; accountants are chosen by one factory.
     outside_core = [p for p in PACKAGE.iterdir() if p.is_dir() and p.name not in ("core", "__pycache__")]
-    assert [hit for p in outside_core for hit in mode_comparisons(p)] == []
+    assert [hit for p in outside_core for hit in vocabulary_comparisons(p)] == []
 
 
-def test_the_mode_comparison_finder_finds_one(tmp_path):
-    source = 'if config.dp.mode in ("central", "distributed"):\n    pass\n'
+@pytest.mark.parametrize(
+    "source",
+    [
+        'if config.dp.mode in ("central", "distributed"):\n    pass\n',
+        'if kind == "mlp":\n    pass\n',
+        'if name != "pld":\n    pass\n',
+    ],
+)
+def test_the_vocabulary_comparison_finder_finds_one(tmp_path, source):
     (tmp_path / "m.py").write_text(source, encoding="utf-8")
-    assert mode_comparisons(tmp_path) == ["m.py:1"]
+    assert vocabulary_comparisons(tmp_path) == ["m.py:1"]

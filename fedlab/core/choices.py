@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
 
 from fedlab.core.errors import ConfigError
 
 DATASETS = ("digits", "synthetic", "files")
 PARTITIONERS = ("iid", "dirichlet", "shards")
-MODELS = ("logreg", "mlp", "cnn")
+
+
+class ModelKind(StrEnum):
+    """The model families a run trains (``model.kind``); each member equals its TOML string.
+
+    >>> ModelKind("mlp") is ModelKind.MLP
+    True
+    """
+
+    LOGREG = "logreg"
+    MLP = "mlp"
+    CNN = "cnn"
+
+
+MODELS = tuple(kind.value for kind in ModelKind)
 OPTIMIZERS = ("sgd", "adam")
 SECAGG_WEIGHTINGS = ("auto", "examples", "uniform")
 DP_MODES = ("none", "dpsgd", "central", "distributed")
@@ -43,3 +61,21 @@ def check_open_unit(key: str, value: float) -> None:
     """Refuse a value outside (0, 1)."""
     if not 0.0 < value < 1.0:
         raise config_error(key, f"must be in (0, 1); got {value!r}")
+
+
+def check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type annotation, accepting int for float."""
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+        if isinstance(kind, type) and issubclass(kind, StrEnum) and isinstance(value, str):
+            return value  # the section checks the choice and resolves it
+    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
+    raise config_error(key, f"must be of type {names}; got {type(value).__name__} {value!r}")

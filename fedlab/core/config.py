@@ -9,7 +9,6 @@ one-line message naming the key. Below the edge nothing reads raw dicts.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +28,11 @@ from fedlab.core.choices import (
     SAMPLING,
     SECAGG_WEIGHTINGS,
     SERVER_ACCOUNTANTS,
+    ModelKind,
     check_choice,
     check_min,
     check_open_unit,
+    check_type,
     config_error,
 )
 from fedlab.core.toml_input import apply_overrides as apply_overrides
@@ -90,11 +91,12 @@ class DataSection:
 class ModelSection:
     """The neural network every client trains."""
 
-    kind: str = "cnn"
+    kind: ModelKind = ModelKind.CNN
     hidden: int = 64
 
     def __post_init__(self) -> None:
         check_choice("model.kind", self.kind, MODELS)
+        object.__setattr__(self, "kind", ModelKind(self.kind))  # the TOML string, resolved
         check_min("model.hidden", self.hidden, 1)
 
 
@@ -438,22 +440,6 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in (f.name for f in dataclasses.fields(RunConfig))}
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field's type annotation, accepting int for float."""
-    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    for kind in allowed:
-        if kind is type(None):
-            continue
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind in (str, bool) and isinstance(value, kind):
-            return value
-    names = " or ".join(k.__name__ for k in allowed if k is not type(None))
-    raise config_error(key, f"must be of type {names}; got {type(value).__name__} {value!r}")
-
-
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if not isinstance(raw, Mapping):
         raise config_error(name, f"must be a table; got {type(raw).__name__}")
@@ -463,7 +449,7 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     for key, value in raw.items():
         if key not in known:
             raise config_error(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
-        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+        values[key] = check_type(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
 

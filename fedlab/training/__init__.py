@@ -27,10 +27,9 @@ from fedlab.training.local import (
     evaluate,
     poisson_plan,
 )
-from fedlab.training.models import MODEL_KINDS, build_model, get_weights, set_weights
+from fedlab.training.models import build_model, get_weights, set_weights
 
 __all__ = [
-    "MODEL_KINDS",
     "DpSgdSpec",
     "LocalTrainer",
     "OptimSpec",

@@ -16,13 +16,14 @@ import torch
 from opacus.grad_sample import AbstractGradSampleModule
 from torch import nn
 
-MODEL_KINDS = ("logreg", "mlp", "cnn")
+from fedlab.core.choices import MODELS, ModelKind
+
 _CNN_MIN_SIDE = 4
 _CNN_POOLED_SIDE = 4
 
 
 def build_model(
-    kind: str,
+    kind: ModelKind | str,
     *,
     feature_shape: tuple[int, ...],
     num_classes: int,
@@ -56,8 +57,12 @@ def build_model(
 
     """
     _check_sizes(feature_shape, num_classes=num_classes, hidden=hidden)
+    if kind not in MODELS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODELS)}")
     with torch.device("meta"):
-        skeleton = _layers(kind, feature_shape=feature_shape, num_classes=num_classes, hidden=hidden)
+        skeleton = _layers(
+            ModelKind(kind), feature_shape=feature_shape, num_classes=num_classes, hidden=hidden
+        )
     model = skeleton.to_empty(device="cpu")
     _initialise(model, torch.Generator().manual_seed(seed))
     return model.train()
@@ -125,22 +130,22 @@ def _check_sizes(feature_shape: tuple[int, ...], *, num_classes: int, hidden: in
         raise ValueError(f"hidden must be >= 1; got {hidden}")
 
 
-def _layers(kind: str, *, feature_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+def _layers(kind: ModelKind, *, feature_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
     inputs = math.prod(feature_shape)
-    if kind == "logreg":
-        return nn.Sequential(nn.Flatten(), nn.Linear(inputs, num_classes))
-    if kind == "mlp":
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(inputs, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
-    if kind == "cnn":
-        return _cnn_layers(feature_shape, num_classes=num_classes, hidden=hidden)
-    raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
+    match kind:
+        case ModelKind.LOGREG:
+            return nn.Sequential(nn.Flatten(), nn.Linear(inputs, num_classes))
+        case ModelKind.MLP:
+            return nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(inputs, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(),
+                nn.Linear(hidden, num_classes),
+            )
+        case ModelKind.CNN:
+            return _cnn_layers(feature_shape, num_classes=num_classes, hidden=hidden)
 
 
 def _cnn_layers(feature_shape: tuple[int, ...], *, num_classes: int, hidden: int) -> nn.Module:

@@ -4,8 +4,8 @@ import torch
 from opacus.validators import ModuleValidator
 from training_helpers import BACKWARD_HOOK_WARNING, dpsgd, sgd
 
+from fedlab.core.choices import MODELS as MODEL_KINDS
 from fedlab.training import LocalTrainer, build_model, get_weights, set_weights
-from fedlab.training.models import MODEL_KINDS
 
 pytestmark = pytest.mark.filterwarnings(BACKWARD_HOOK_WARNING)
 
