@@ -8,7 +8,7 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
-from scipy import special
+from scipy import special, stats
 
 from fedlab.privacy.rotation import rotate, unrotate
 from fedlab.privacy.skellam import (
@@ -168,32 +168,44 @@ def test_sixteen_bits_costs_under_1_percent_epsilon_over_the_gaussian() -> None:
             assert gaussian < skellam <= 1.01 * gaussian
 
 
-def test_single_round_curve_matches_a_direct_evaluation_of_the_formula() -> None:
-    c, z, n, n_min, b, d_pad, beta = 2.0, 1.3, 50, 40, 12, 256.0, DEFAULT_BETA
-    p = SkellamParams(clip=c, noise_multiplier=z, num_clients=n, min_survivors=n_min, bits=b, dim=200)
+def exact_skellam_divergence(alpha: int, *, variance: float, shift: int) -> float:
+    """D_alpha(Sk + shift || Sk) for integer Skellam noise of ``variance``, summed over its support."""
+    half = variance / 2.0
+    width = shift + int(25 * math.sqrt(variance)) + 20
+    k = np.arange(-width, width + 1)
+    log_p = stats.skellam.logpmf(k - shift, half, half)
+    log_q = stats.skellam.logpmf(k, half, half)
+    terms = alpha * log_p + (1 - alpha) * log_q
+    assert np.isfinite(terms).all(), "the support reaches where the pmf underflows"
+    return float(special.logsumexp(terms) / (alpha - 1))
+
+
+@pytest.mark.parametrize(("bits", "noise_multiplier"), [(8, 0.8), (9, 1.5), (10, 3.0)])
+def test_single_round_curve_bounds_the_exact_divergence_of_a_one_coordinate_shift(
+    bits: int, noise_multiplier: float
+) -> None:
+    # Independent route: the Renyi divergence of integer Skellam noise shifted by the largest
+    # one-coordinate integer change the sensitivity allows, summed exactly over the support.
+    p = SkellamParams(
+        clip=1.0, noise_multiplier=noise_multiplier, num_clients=8, min_survivors=8, bits=bits, dim=4
+    )
+    s = p.scale
+    variance = 8 * (p.local_stddev * s) ** 2  # the integer sum's noise: 8 shares
+    shift = math.floor(p.l2_sensitivity * s)
+    assert shift >= 3 and variance < 2e5  # a real shift, and a support small enough to sum
+    for alpha in (2, 3, 5, 8):
+        exact = exact_skellam_divergence(alpha, variance=variance, shift=shift)
+        bound = float(skellam_rdp(p, orders=[alpha], num_survivors=8)[0])
+        gaussian = alpha * shift**2 / (2 * variance)
+        assert exact <= bound  # sound
+        assert bound <= 1.6 * exact  # and not loose
+        if variance > 400:  # a Skellam this wide is nearly Gaussian
+            assert exact == pytest.approx(gaussian, rel=0.02)
+
+
+def test_k_is_the_two_sided_gaussian_quantile_of_1e_minus_4() -> None:
     k = math.sqrt(2) * float(special.erfcinv(1e-4))
     assert k == pytest.approx(3.8906, abs=1e-4) and k == DEFAULT_K
-    sigma = z * c / math.sqrt(n_min)
-    s = math.sqrt(2 ** (2 * b) - n * k * k) / (2 * k * math.sqrt(c * c * n * n / d_pad + n * sigma * sigma))
-    g = 1 / s
-    d2 = min(
-        c + g * math.sqrt(d_pad),
-        math.sqrt(
-            c * c + g * g * d_pad / 4 + math.sqrt(2 * math.log(1 / beta)) * g * (c + g * math.sqrt(d_pad) / 2)
-        ),
-    )
-    d1 = d2 * min(math.sqrt(d_pad), d2 * s)
-    for survivors in (n_min, n):
-        mu = survivors * sigma * sigma
-        for a in (2, 3, 8, 33, 128):
-            expected = a * d2 * d2 / (2 * mu) + min(
-                ((2 * a - 1) * s * d2 * d2 + 6 * d1) / (4 * s**3 * mu * mu), 3 * d1 / (2 * s * mu)
-            )
-            got = skellam_rdp(p, orders=[a], num_survivors=survivors)[0]
-            assert got == pytest.approx(expected, rel=1e-12)
-    assert p.scale == pytest.approx(s, rel=1e-12)
-    assert p.l2_sensitivity == pytest.approx(d2, rel=1e-12)
-    assert p.l1_sensitivity == pytest.approx(d1, rel=1e-12)
 
 
 def test_subsampling_bound_at_q_1_is_the_unsubsampled_curve() -> None:
