@@ -71,6 +71,10 @@ class MaskedReply:
         sample_rate: Its DP-SGD sampling rate (1 without).
         steps: Its optimizer steps this round.
 
+    Raises:
+        ValueError: If the metadata is not a count, an epsilon, a noise multiplier and a rate
+            (negative, NaN, a rate outside (0, 1]).
+
     """
 
     masked: MaskedInput
@@ -79,6 +83,16 @@ class MaskedReply:
     noise_multiplier: float = 0.0
     sample_rate: float = 1.0
     steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0 or self.steps < 0:
+            raise ValueError(f"negative counts: {self.num_examples} examples, {self.steps} steps")
+        if not (
+            self.epsilon >= 0.0 and math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0.0
+        ):
+            raise ValueError(f"bad DP-SGD metadata: epsilon {self.epsilon}, noise {self.noise_multiplier}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1]; got {self.sample_rate}")
 
 
 ServerStageMessage = SetupMessage | NeighbourRoster | MaskedInputMessage | UnmaskRequest

@@ -119,8 +119,8 @@ def parse_call(data: bytes) -> StageCall:
         return StageCall(
             stage, wire_int(d["round"]), wire_int(d["seed"]), _message_from_wire(stage, d["message"])
         )
-    except (KeyError, TypeError, ValueError, ProtocolError) as exc:  # JSON and Unicode errors too
-        raise ValueError(f"malformed stage message: {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError, ProtocolError) as exc:
+        raise ValueError(f"malformed stage message: {type(exc).__name__} {exc}"[:300]) from None
 
 
 def reply_bytes(reply: StageReply) -> bytes:
@@ -173,5 +173,5 @@ def parse_reply(data: bytes) -> StageReply:
         stage = Stage(wire_int(d["stage"]))
         meta = {str(k): wire_float(v) for k, v in wire_dict(d.get("meta", {})).items()}
         return StageReply(stage, wire_int(d["round"]), _client_message(stage, d["message"], meta, tail))
-    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
-        raise ValueError(f"malformed stage reply: {exc}") from None
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError, ProtocolError) as exc:
+        raise ValueError(f"malformed stage reply: {type(exc).__name__} {exc}"[:300]) from None

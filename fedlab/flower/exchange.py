@@ -25,7 +25,7 @@ def exchange(
     *,
     timeout: float,
     poll: float = POLL_SECONDS,
-) -> list[Message]:
+) -> dict[int, Message]:
     """Send each node its message (``build(nodes)``) and collect the replies within ``timeout`` s.
 
     Like ``Grid.send_and_receive``, and a node may rejoin: when a node's session expires before
@@ -33,6 +33,10 @@ def exchange(
     message is built and sent again as soon as the node is online again (a restarted device
     rejoins with the same node id), until the timeout. A node that does not come back keeps the
     SuperLink's error as its reply; a node that does not answer in time has no reply.
+
+    Returns:
+        The replies keyed by the node each message was sent to (a SuperLink error names the
+        SuperLink as its sender, not the node); the nodes that did not answer are absent.
     """
     deadline = time.monotonic() + timeout
     waiting: dict[str, int] = {}  # message id -> node
@@ -65,4 +69,4 @@ def exchange(
         if not waiting and not lost:
             break
         time.sleep(poll)
-    return [*answered.values(), *lost.values()]
+    return {**lost, **answered}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -67,19 +67,33 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
     )
 
 
-def split_replies(replies: Iterable[Message]) -> RoundReplies:
-    """Decode valid train replies and describe the failed or malformed ones."""
+def split_replies(replies: Mapping[str, Message | None]) -> RoundReplies:
+    """Decode the train replies of the planned clients and describe why the others failed.
+
+    Args:
+        replies: Client id -> the reply from that client's node, or None when none came in time.
+
+    A reply whose report names another client than its node's is refused: a node speaks only for
+    its own client.
+    """
     reports: list[TrainReport] = []
     failures: list[str] = []
-    for msg in replies:
-        node = msg.metadata.src_node_id
+    for client_id, msg in replies.items():
+        if msg is None:
+            failures.append(f"client {client_id}: no reply in time")
+            continue
         if msg.has_error():
-            failures.append(f"node {node}: {msg.error.reason}")
+            failures.append(f"client {client_id}: {msg.error.reason}")
             continue
         try:
-            reports.append(train_report_from_content(msg.content))
+            report = train_report_from_content(msg.content)
         except (KeyError, ValueError, TypeError) as exc:
-            failures.append(f"node {node}: malformed reply ({exc})")
+            failures.append(f"client {client_id}: malformed reply ({exc})")
+            continue
+        if report.client_id != client_id:
+            failures.append(f"client {client_id}: its reply claims to be client {report.client_id!r}")
+            continue
+        reports.append(report)
     return RoundReplies(reports=tuple(reports), failures=tuple(failures))
 
 

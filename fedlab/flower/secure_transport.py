@@ -18,7 +18,7 @@ This module only moves messages: the server side of the protocol is
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -78,14 +78,15 @@ class FlowerSecureTransport:
             return messages
 
         replies = exchange(self._grid, build, list(calls), timeout=self._timeout)
-        return self._collect(replies, request)
+        return self._collect({cid: replies.get(self._nodes[cid]) for cid in request.messages}, request)
 
-    def _collect(self, replies: Iterable[Message], request: StageRequest) -> StageReplies:
+    def _collect(self, replies: Mapping[str, Message | None], request: StageRequest) -> StageReplies:
         got: dict[str, ClientStageMessage] = {}
         failures: list[str] = []
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            cid = self._clients.get(node, f"node {node}")
+        for cid, msg in replies.items():
+            if msg is None:
+                failures.append(f"client {cid}: no {request.stage.name} reply in time")
+                continue
             if msg.has_error():
                 failures.append(f"client {cid}: {msg.error.reason}")
                 continue

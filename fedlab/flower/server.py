@@ -119,14 +119,10 @@ class FlowerTransport:
         config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num, **plan.instructions})
         nodes = [self._node_of[cid] for cid in plan.client_ids]
         arrays = arrays_record(weights)
-        replies = split_replies(
-            exchange(
-                self._grid,
-                lambda targets: train_messages(targets, arrays, config),
-                nodes,
-                timeout=self._timeout,
-            )
+        by_node = exchange(
+            self._grid, lambda targets: train_messages(targets, arrays, config), nodes, timeout=self._timeout
         )
+        replies = split_replies({cid: by_node.get(self._node_of[cid]) for cid in plan.client_ids})
         for reason in replies.failures:
             LOG.warning("round %d: dropped a reply: %s", plan.round_num, reason)
         return replies

@@ -304,6 +304,6 @@ def unframe(magic: bytes, data: bytes) -> tuple[dict[str, Any], bytes]:
         raise ValueError("the message header is truncated")
     try:
         header = json.loads(data[start : start + length].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"malformed message header: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"malformed message header: {type(exc).__name__}") from None
     return wire_dict(header), data[start + length :]

@@ -256,11 +256,6 @@ def test_a_silent_client_is_dropped_at_the_timeout(clock: FakeClock) -> None:
     assert len(grid.to(13)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that never answers is not in RoundReplies.failures, whose docstring says a "
-    "straggler past the deadline is (the round's `failures` metric undercounts)",
-)
 def test_a_silent_client_counts_as_failed(clock: FakeClock) -> None:
     grid = fleet_of(clock)
     grid.handlers[13] = lambda msg: None
@@ -354,11 +349,6 @@ def test_a_message_the_superlink_refuses_is_not_waited_for(clock: FakeClock) -> 
     assert clock.now == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="split_replies takes the client id from the reply's content, not from the node the "
-    "reply came from: a node can report under another client's id",
-)
 def test_a_reply_is_credited_to_the_node_s_own_client(clock: FakeClock) -> None:
     grid = fleet_of(clock)
     grid.handlers[12] = fake_client("a", 2.0)  # node 12 is client "b" but claims to be "a"
