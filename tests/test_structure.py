@@ -137,3 +137,24 @@ def test_below_the_config_nothing_compares_mode_accountant_or_model_strings():
 def test_the_vocabulary_comparison_finder_finds_one(tmp_path, source):
     (tmp_path / "m.py").write_text(source, encoding="utf-8")
     assert vocabulary_comparisons(tmp_path) == ["m.py:1"]
+
+
+def unmirrored_test_folders(tests: Path, package: Path) -> list[str]:
+    """Test folders without a package of the same path under ``package`` (``benchmarks`` aside)."""
+    folders = [p for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    return sorted(
+        str(p.relative_to(tests))
+        for p in folders
+        if p.relative_to(tests).parts[0] != "benchmarks" and not (package / p.relative_to(tests)).is_dir()
+    )
+
+
+def test_tests_mirror_the_package():
+    assert unmirrored_test_folders(PACKAGE.parent / "tests", PACKAGE) == []
+
+
+def test_the_mirror_finder_finds_a_stray_folder(tmp_path):
+    (tmp_path / "fedlab" / "privacy").mkdir(parents=True)
+    (tmp_path / "tests" / "privacy").mkdir(parents=True)
+    (tmp_path / "tests" / "integration").mkdir()
+    assert unmirrored_test_folders(tmp_path / "tests", tmp_path / "fedlab") == ["integration"]

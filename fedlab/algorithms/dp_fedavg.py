@@ -37,7 +37,7 @@ import numpy as np
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.sampling import sample_poisson
 from fedlab.core.reports import TrainReport
-from fedlab.privacy.accountants import RepeatedEventEpsilon
+from fedlab.privacy.accountants import RepeatedEventAccountant
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,
     next_clip_state,
@@ -182,14 +182,16 @@ def run_dp_fedavg(
     clip = settings.adaptive.clip_norm if settings.adaptive else settings.clip_norm
     adaptive = settings.adaptive
     round_event = settings.round_event()
-    budget = RepeatedEventEpsilon(round_event, delta=settings.delta, accountant=settings.accountant)
+    spent = RepeatedEventAccountant(round_event, accountant=settings.accountant)
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
-        next_epsilon = budget.epsilon(round_num)  # every earlier round released one event
-        if settings.max_epsilon is not None and next_epsilon > settings.max_epsilon:
+        # Every earlier round released one event; would this one take epsilon over the budget?
+        maximum = settings.max_epsilon
+        if maximum is not None and spent.would_exceed(round_event, max_epsilon=maximum, delta=settings.delta):
+            next_epsilon = spent.epsilon_after(round_event, delta=settings.delta)
             reason = (
                 f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
-                f"> max_epsilon {settings.max_epsilon:g}"
+                f"> max_epsilon {maximum:g}"
             )
             return DpFedAvgOutcome(weights, round_num - 1, epsilon, reason)
         started = time.perf_counter()
@@ -212,7 +214,8 @@ def run_dp_fedavg(
         weights = [
             (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
         ]
-        epsilon = next_epsilon
+        spent.compose(round_event)
+        epsilon = spent.epsilon(delta=settings.delta)
         round_clip = clip
         private: dict[str, float] = {}
         if adaptive is not None:

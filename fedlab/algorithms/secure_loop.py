@@ -71,12 +71,8 @@ def run_secure_fedavg(
     aborted = 0
     recorder.start()
     for round_num in range(1, settings.rounds + 1):
-        planned = _planned_epsilons(accountants, settings)
-        if planned and settings.max_epsilon is not None and planned[SERVER_VIEW] > settings.max_epsilon:
-            reason = (
-                f"privacy budget: round {round_num} would raise epsilon to {planned[SERVER_VIEW]:.4g} "
-                f"> max_epsilon {settings.max_epsilon:g}"
-            )
+        reason = _budget_refusal(accountants, settings, round_num)
+        if reason is not None:
             return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
         started = time.perf_counter()
         sampled = settings.sample(transport.available_clients(), sample_rng)
@@ -91,9 +87,9 @@ def run_secure_fedavg(
                 (w.astype(np.float64) + d).astype(np.float32)
                 for w, d in zip(weights, outcome.mean_delta, strict=True)
             ]
-            federation = _compose_round(accountants, settings, planned)
-            if planned:
-                epsilon = planned[SERVER_VIEW]
+            federation = _compose_round(accountants, settings)
+            if accountants:
+                epsilon = accountants[SERVER_VIEW].epsilon(delta=settings.delta)
         recorder.release_round(
             round_num,
             weights,
@@ -105,23 +101,22 @@ def run_secure_fedavg(
     return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
 
 
-def _planned_epsilons(
-    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings
-) -> dict[str, float]:
-    """Each view's epsilon if the next round is released (empty without distributed DP)."""
-    planned: dict[str, float] = {}
-    if settings.ddp is None:
-        return planned
-    for name, event in settings.round_events().items():
-        trial = SkellamAccountant()
-        for earlier in (*accountants[name].events(), event):
-            trial.compose(earlier)
-        planned[name] = trial.epsilon(delta=settings.delta)
-    return planned
+def _budget_refusal(
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings, round_num: int
+) -> str | None:
+    """Why the next round may not run: the server view's epsilon would exceed the budget (or None)."""
+    maximum = settings.max_epsilon
+    if settings.ddp is None or maximum is None:
+        return None
+    server, event = accountants[SERVER_VIEW], settings.round_events()[SERVER_VIEW]
+    if not server.would_exceed(event, max_epsilon=maximum, delta=settings.delta):
+        return None
+    planned = server.epsilon_after(event, delta=settings.delta)
+    return f"privacy budget: round {round_num} would raise epsilon to {planned:.4g} > max_epsilon {maximum:g}"
 
 
 def _compose_round(
-    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings, planned: Mapping[str, float]
+    accountants: Mapping[str, SkellamAccountant], settings: SecureFedAvgSettings
 ) -> list[FederationSpend]:
     """Compose a released round into each view's accountant; the ledger's federation spends."""
     if settings.ddp is None:
@@ -135,7 +130,7 @@ def _compose_round(
                 noise_multiplier=settings.ddp.noise_multiplier,
                 sample_rate=event.sample_rate,
                 steps=1,
-                epsilon=planned[name],
+                epsilon=accountants[name].epsilon(delta=settings.delta),
             )
         )
     return spends

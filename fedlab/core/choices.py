@@ -31,8 +31,26 @@ MODELS = tuple(kind.value for kind in ModelKind)
 OPTIMIZERS = ("sgd", "adam")
 SECAGG_WEIGHTINGS = ("auto", "examples", "uniform")
 DP_MODES = ("none", "dpsgd", "central", "distributed")
-CLIENT_ACCOUNTANTS = ("rdp", "prv")
-SERVER_ACCOUNTANTS = ("pld", "prv", "rdp")
+
+
+class AccountantKind(StrEnum):
+    """The accounting methods (``dp.accountant``); each member equals its TOML string.
+
+    DP-SGD on a client accounts with Opacus (RDP or PRV); the server's mechanisms with
+    dp_accounting's PLD or RDP, or fedlab's own PRV. The factories that build them match on
+    these members.
+
+    >>> AccountantKind("pld") is AccountantKind.PLD
+    True
+    """
+
+    PLD = "pld"
+    PRV = "prv"
+    RDP = "rdp"
+
+
+CLIENT_ACCOUNTANTS = (AccountantKind.RDP.value, AccountantKind.PRV.value)
+SERVER_ACCOUNTANTS = (AccountantKind.PLD.value, AccountantKind.PRV.value, AccountantKind.RDP.value)
 SAMPLING = ("auto", "fraction", "poisson")
 BACKENDS = ("flower", "inline")
 CLIENT_RANDOMNESS = ("seeded", "secret")

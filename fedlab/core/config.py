@@ -28,6 +28,7 @@ from fedlab.core.choices import (
     SAMPLING,
     SECAGG_WEIGHTINGS,
     SERVER_ACCOUNTANTS,
+    AccountantKind,
     ModelKind,
     check_choice,
     check_min,
@@ -211,11 +212,11 @@ class DpSection:
         return self.mode in ("central", "distributed")
 
     @property
-    def resolved_accountant(self) -> str:
+    def resolved_accountant(self) -> AccountantKind:
         """The accountant actually used: ``auto`` resolved for the mode."""
         if self.accountant != "auto":
-            return self.accountant
-        return "rdp" if self.mode == "dpsgd" else "pld"
+            return AccountantKind(self.accountant)
+        return AccountantKind.RDP if self.mode == "dpsgd" else AccountantKind.PLD
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from fedlab.flower.secure_client import (
     stored_stage_state,
 )
 from fedlab.flower.secure_transport import weights_of
+from fedlab.privacy.events import GaussianEvent
 from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
-from fedlab.training.local import PrivacyStep
 from fedlab.training.randomness import fresh_secret
 
 PRIVACY_STATE = "fedlab-privacy"
@@ -112,7 +112,7 @@ def _number_list(record: ConfigRecord, key: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def load_history(state: RecordDict) -> tuple[PrivacyStep, ...]:
+def load_history(state: RecordDict) -> tuple[GaussianEvent, ...]:
     """Read the client's accountant history from its persistent context state."""
     if PRIVACY_STATE not in state.config_records:
         return ()
@@ -123,10 +123,10 @@ def load_history(state: RecordDict) -> tuple[PrivacyStep, ...]:
         _number_list(record, "steps"),
         strict=True,
     )
-    return tuple(PrivacyStep(noise_multiplier=z, sample_rate=q, steps=int(t)) for z, q, t in rows)
+    return tuple(GaussianEvent(noise_multiplier=z, sample_rate=q, steps=int(t)) for z, q, t in rows)
 
 
-def store_history(state: RecordDict, history: Sequence[PrivacyStep]) -> None:
+def store_history(state: RecordDict, history: Sequence[GaussianEvent]) -> None:
     """Write the client's accountant history into its persistent context state."""
     state.config_records[PRIVACY_STATE] = ConfigRecord(
         {

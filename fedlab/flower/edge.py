@@ -61,9 +61,9 @@ from fedlab.flower.secure_client import (
 )
 from fedlab.flower.secure_transport import weights_of
 from fedlab.privacy.client_budget import ClientBudget, RefusalRow
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import SecAggError, Stage
-from fedlab.training.accounting import PrivacyStep
 from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime
 from fedlab.training.device_budget import (
     DEFAULT_DELTA,
@@ -75,6 +75,7 @@ from fedlab.training.device_budget import (
     decide,
     dpsgd_history,
     round_charge,
+    taken_dpsgd_charge,
 )
 from fedlab.training.randomness import fresh_secret
 
@@ -313,21 +314,20 @@ class DeviceRound:
             raise self.refusal(decision.refusal, decision)
         return decision
 
-    def history(self) -> tuple[PrivacyStep, ...]:
+    def history(self) -> tuple[GaussianEvent, ...]:
         """The accountant history the trainer continues (DP-SGD charges; none for other modes)."""
         return dpsgd_history(self.budget) if self.config.dp.dpsgd else ()
 
     def commit(
-        self, decision: RoundDecision, *, before: Sequence[PrivacyStep], after: Sequence[PrivacyStep]
+        self, decision: RoundDecision, *, before: Sequence[GaussianEvent], after: Sequence[GaussianEvent]
     ) -> float:
         """Commit the released round (DP-SGD: the steps actually taken); its epsilon. Before the reply."""
         if self.config.dp.dpsgd:
-            spent = sum(s.steps for s in after) - sum(s.steps for s in before)
-            taken = after[-1] if after else None
-            if spent <= 0 or taken is None:
+            taken = taken_dpsgd_charge(before=before, after=after)
+            if taken is None:
                 decision = dataclasses.replace(decision, charge=None)
-            elif decision.charge != (step := dataclasses.replace(taken, steps=spent)):
-                decision = self.check(step)  # what was taken, not what was planned, is charged
+            elif decision.charge != taken:
+                decision = self.check(taken)  # what was taken, not what was planned, is charged
         commit(self.budget, decision, run_id=self.run_id, server_round=self.server_round)
         LOG.info(
             "device %s: round %d released (%s), epsilon %.4f (max %g, delta %g)", self.settings.device_id,

@@ -67,6 +67,17 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
     )
 
 
+def usable_reply(client_id: str, msg: Message | None, failures: list[str]) -> Message | None:
+    """The reply if it carries content to decode; else None, and why goes to ``failures``."""
+    if msg is None:
+        failures.append(f"client {client_id}: no reply in time")
+        return None
+    if msg.has_error():
+        failures.append(f"client {client_id}: {msg.error.reason}")
+        return None
+    return msg
+
+
 def split_replies(replies: Mapping[str, Message | None]) -> RoundReplies:
     """Decode the train replies of the planned clients and describe why the others failed.
 
@@ -78,12 +89,9 @@ def split_replies(replies: Mapping[str, Message | None]) -> RoundReplies:
     """
     reports: list[TrainReport] = []
     failures: list[str] = []
-    for client_id, msg in replies.items():
+    for client_id, reply in replies.items():
+        msg = usable_reply(client_id, reply, failures)
         if msg is None:
-            failures.append(f"client {client_id}: no reply in time")
-            continue
-        if msg.has_error():
-            failures.append(f"client {client_id}: {msg.error.reason}")
             continue
         try:
             report = train_report_from_content(msg.content)

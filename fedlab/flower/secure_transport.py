@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
 from fedlab.algorithms.secure_wire import call_bytes, parse_reply
 from fedlab.flower.exchange import exchange
+from fedlab.flower.records import usable_reply
 
 LOG = logging.getLogger("fedlab.secure_transport")
 
@@ -83,12 +84,9 @@ class FlowerSecureTransport:
     def _collect(self, replies: Mapping[str, Message | None], request: StageRequest) -> StageReplies:
         got: dict[str, ClientStageMessage] = {}
         failures: list[str] = []
-        for cid, msg in replies.items():
+        for cid, reply in replies.items():
+            msg = usable_reply(cid, reply, failures)
             if msg is None:
-                failures.append(f"client {cid}: no {request.stage.name} reply in time")
-                continue
-            if msg.has_error():
-                failures.append(f"client {cid}: {msg.error.reason}")
                 continue
             try:
                 data = msg.content.config_records[SECAGG]["reply"]

@@ -3,9 +3,11 @@
 Mechanisms describe what they released as :class:`GaussianEvent` records;
 accountants (:class:`PldAccountant`, tight and the default, :class:`RdpAccountant`,
 or the PRV accountant of :mod:`fedlab.privacy.prv`) compose them into an (epsilon,
-delta) guarantee;
-:func:`calibrate_noise_multiplier` finds the smallest noise that meets a budget
-and never overshoots it. Float DP arguments are keyword-only everywhere.
+delta) guarantee, say which events they compose (``supports``) and answer the budget
+check ``would_exceed`` (:class:`~fedlab.privacy.event_accountant.EventAccountant`);
+:func:`calibrate` finds a noise multiplier for any accountant and event factory
+that never overshoots the budget, and :func:`calibrate_noise_multiplier` is it for
+the Gaussian mechanism. Float DP arguments are keyword-only everywhere.
 
 The privacy ledger (:class:`PrivacyLedger`, an SQLite file in the run directory)
 is the durable record of what was spent. It guarantees that:
@@ -34,11 +36,12 @@ from fedlab.privacy.accountants import (
     Accountant,
     PldAccountant,
     RdpAccountant,
-    RepeatedEventEpsilon,
+    RepeatedEventAccountant,
     epsilon_of,
     make_accountant,
 )
-from fedlab.privacy.calibration import calibrate_noise_multiplier
+from fedlab.privacy.calibration import calibrate, calibrate_noise_multiplier
+from fedlab.privacy.event_accountant import EventAccountant
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import (
     ClientSpend,
@@ -55,14 +58,16 @@ __all__ = [
     "Accountant",
     "ClientSpend",
     "ClientTotal",
+    "EventAccountant",
     "FederationSpend",
     "FederationTotal",
     "GaussianEvent",
     "PldAccountant",
     "PrivacyLedger",
     "RdpAccountant",
-    "RepeatedEventEpsilon",
+    "RepeatedEventAccountant",
     "RoundRecord",
+    "calibrate",
     "calibrate_noise_multiplier",
     "epsilon_of",
     "make_accountant",

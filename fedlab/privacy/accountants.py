@@ -30,11 +30,13 @@ import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant, privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedlab.core.choices import SERVER_ACCOUNTANTS, AccountantKind
 from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
+from fedlab.privacy.event_accountant import EventAccountant
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.prv import PrvAccountant
 
-ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
+ACCOUNTANTS: tuple[str, ...] = SERVER_ACCOUNTANTS
 """Names accepted by :func:`make_accountant`."""
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
@@ -58,12 +60,21 @@ OPACUS_RDP_ORDERS: tuple[float, ...] = tuple(1 + x / 10.0 for x in range(1, 100)
 
 @runtime_checkable
 class Accountant(Protocol):
-    """What every accountant offers: compose events, report epsilon or delta, save/load."""
+    """What every accountant of :class:`GaussianEvent` offers: compose, report, check a budget, save/load."""
 
     name: str
 
+    def supports(self, event: object) -> bool:
+        """Whether this accountant composes ``event``."""
+
     def compose(self, event: GaussianEvent) -> None:
         """Adds one event to the history."""
+
+    def epsilon_after(self, *events: GaussianEvent, delta: float) -> float:
+        """Returns the epsilon at ``delta`` if ``events`` were composed after the history."""
+
+    def would_exceed(self, *events: GaussianEvent, max_epsilon: float, delta: float) -> bool:
+        """Whether composing ``events`` after the history would take epsilon above ``max_epsilon``."""
 
     def epsilon(self, *, delta: float) -> float:
         """Returns the epsilon of everything composed so far at ``delta``."""
@@ -81,14 +92,15 @@ class Accountant(Protocol):
         """Replaces the history with the one saved in ``state``."""
 
 
-class _EventHistory:
+class _EventHistory(EventAccountant[GaussianEvent]):
     """The part every dp_accounting-backed accountant shares: history, cache, state.
 
     Subclasses set ``name`` and implement ``_build`` (a fresh dp_accounting
-    accountant); the built accountant is cached until the next ``compose``.
+    accountant) and ``fresh``; the built accountant is cached until the next ``compose``.
     """
 
     name: str = ""
+    event_type = GaussianEvent
 
     def __init__(self) -> None:
         self._events: list[GaussianEvent] = []
@@ -104,8 +116,7 @@ class _EventHistory:
             TypeError: If ``event`` is not a :class:`GaussianEvent`.
 
         """
-        if not isinstance(event, GaussianEvent):
-            raise TypeError(f"{self.name} accountant composes GaussianEvent, got {type(event).__name__}")
+        self.refuse_unsupported(event)
         self._events.append(event)
         self._built = None
 
@@ -208,6 +219,10 @@ class PldAccountant(_EventHistory):
         super().__init__()
         self._interval = _check_interval(value_discretization_interval)
 
+    def fresh(self) -> PldAccountant:
+        """Returns an empty PLD accountant with the same discretization."""
+        return PldAccountant(value_discretization_interval=self._interval)
+
     def _build(self) -> Any:
         return pld_privacy_accountant.PLDAccountant(value_discretization_interval=self._interval)
 
@@ -238,11 +253,15 @@ class RdpAccountant(_EventHistory):
         super().__init__()
         self._orders = tuple(float(a) for a in orders)
 
+    def fresh(self) -> RdpAccountant:
+        """Returns an empty RDP accountant with the same orders."""
+        return RdpAccountant(orders=self._orders)
+
     def _build(self) -> Any:
         return rdp_privacy_accountant.RdpAccountant(orders=list(self._orders))
 
 
-def make_accountant(name: str) -> Accountant:
+def make_accountant(name: AccountantKind | str) -> Accountant:
     """Returns a new, empty accountant.
 
     Args:
@@ -261,13 +280,15 @@ def make_accountant(name: str) -> Accountant:
         'rdp'
 
     """
-    if name == "pld":
-        return PldAccountant()
-    if name == "prv":
-        return PrvAccountant()
-    if name == "rdp":
-        return RdpAccountant()
-    raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    match AccountantKind(name):
+        case AccountantKind.PLD:
+            return PldAccountant()
+        case AccountantKind.PRV:
+            return PrvAccountant()
+        case AccountantKind.RDP:
+            return RdpAccountant()
 
 
 def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str = "pld") -> float:
@@ -293,25 +314,28 @@ def epsilon_of(events: Sequence[GaussianEvent], *, delta: float, accountant: str
     return acc.epsilon(delta=delta)
 
 
-class RepeatedEventEpsilon:
-    """Epsilon of ``n`` repetitions of one event, for n = 1, 2, ... (a run's per-round budget checks).
+class RepeatedEventAccountant(EventAccountant[GaussianEvent]):
+    """An accountant of one event released again and again (a run's rounds), fast for PLD.
 
-    For PLD the event's privacy-loss distribution is built once (the costly part: about 0.3 s at
-    the default interval) and self-composed ``n`` times per query, exactly as
-    ``epsilon_of([event] * n)`` does after rebuilding it; other accountants answer through
-    :func:`epsilon_of`. Same numbers either way (within 1e-9 relative: dp_accounting's accountant
-    also composes with an identity distribution first; tested).
+    It composes only its ``event``. For PLD the event's privacy-loss distribution is built once
+    (the costly part: about 0.3 s at the default interval) and self-composed once per number of
+    repetitions, exactly as ``epsilon_of([event] * n)`` does after rebuilding it; other
+    accountants answer through :func:`epsilon_of`. Same numbers either way (within 1e-9
+    relative: dp_accounting's accountant also composes with an identity distribution first;
+    tested). Each (repetitions, delta) is computed once, so :meth:`would_exceed` before a round
+    and :meth:`epsilon` after composing it cost one computation.
 
     Args:
         event: The repeated release (e.g. one DP-FedAvg round).
-        delta: Target delta, in (0, 1).
         accountant: ``"pld"``, ``"prv"`` or ``"rdp"``.
         value_discretization_interval: PLD grid step (PLD only).
 
     Example:
         >>> e = GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1)
-        >>> curve = RepeatedEventEpsilon(e, delta=1e-5, accountant="pld")
-        >>> math.isclose(curve.epsilon(50), epsilon_of([e] * 50, delta=1e-5), rel_tol=1e-9)
+        >>> acc = RepeatedEventAccountant(e, accountant="pld")
+        >>> for _ in range(50):
+        ...     acc.compose(e)
+        >>> math.isclose(acc.epsilon(delta=1e-5), epsilon_of([e] * 50, delta=1e-5), rel_tol=1e-9)
         True
 
     """
@@ -320,26 +344,73 @@ class RepeatedEventEpsilon:
         self,
         event: GaussianEvent,
         *,
-        delta: float,
         accountant: str = "pld",
         value_discretization_interval: float = DEFAULT_PLD_DISCRETIZATION,
     ) -> None:
-        check_delta(delta)
-        make_accountant(accountant)  # validates the name
-        self._event, self._delta, self._accountant = event, delta, accountant
+        if not isinstance(event, GaussianEvent):
+            raise TypeError(f"the repeated event must be a GaussianEvent; got {type(event).__name__}")
+        self._pld_fast = isinstance(make_accountant(accountant), PldAccountant)  # validates the name
+        self.name = accountant
+        self._event, self._accountant, self._count = event, accountant, 0
         self._interval = _check_interval(value_discretization_interval)
         self._pld: Any = None
+        self._epsilons: dict[tuple[int, float], float] = {}
 
-    def epsilon(self, repetitions: int) -> float:
-        """Returns the epsilon after ``repetitions`` of the event (0.0 for none)."""
+    def supports(self, event: object) -> bool:
+        """Whether ``event`` is this accountant's repeated event."""
+        return event == self._event
+
+    def compose(self, event: GaussianEvent) -> None:
+        """Adds one more repetition of the event.
+
+        Raises:
+            TypeError: If ``event`` is not the repeated event.
+
+        """
+        self.refuse_unsupported(event)
+        self._count += 1
+
+    def events(self) -> tuple[GaussianEvent, ...]:
+        """Returns every event composed so far (the repeated event, once per repetition)."""
+        return (self._event,) * self._count
+
+    def epsilon(self, *, delta: float) -> float:
+        """Returns the epsilon of the repetitions so far at ``delta`` (0.0 for none)."""
+        return self._epsilon_of(self._count, delta)
+
+    def epsilon_after(self, *events: GaussianEvent, delta: float) -> float:
+        """Returns the epsilon at ``delta`` after ``len(events)`` more repetitions.
+
+        Raises:
+            TypeError: If one of ``events`` is not the repeated event.
+
+        """
+        for event in events:
+            self.refuse_unsupported(event)
+        return self._epsilon_of(self._count + len(events), delta)
+
+    def fresh(self) -> RepeatedEventAccountant:
+        """Returns an accountant of the same event and settings with no repetition yet."""
+        return RepeatedEventAccountant(
+            self._event, accountant=self._accountant, value_discretization_interval=self._interval
+        )
+
+    def _epsilon_of(self, repetitions: int, delta: float) -> float:
+        check_delta(delta)
+        key = (repetitions, delta)
+        if key not in self._epsilons:
+            self._epsilons[key] = self._compute(repetitions, delta)
+        return self._epsilons[key]
+
+    def _compute(self, repetitions: int, delta: float) -> float:
         if repetitions < 1:
             return 0.0
         e = self._event
-        if self._accountant != "pld" or e.noise_multiplier == 0.0:
+        if not self._pld_fast or e.noise_multiplier == 0.0:
             repeated = GaussianEvent(
                 noise_multiplier=e.noise_multiplier, sample_rate=e.sample_rate, steps=e.steps * repetitions
             )
-            return epsilon_of([repeated], delta=self._delta, accountant=self._accountant)
+            return epsilon_of([repeated], delta=delta, accountant=self._accountant)
         if self._pld is None:
             self._pld = privacy_loss_distribution.from_gaussian_mechanism(
                 standard_deviation=e.noise_multiplier,
@@ -348,7 +419,7 @@ class RepeatedEventEpsilon:
                 neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
             )
         composed = self._pld.self_compose(e.steps * repetitions)
-        return max(0.0, float(composed.get_epsilon_for_delta(self._delta)))
+        return max(0.0, float(composed.get_epsilon_for_delta(delta)))
 
 
 def _to_dp_event(events: Sequence[GaussianEvent]) -> Any:

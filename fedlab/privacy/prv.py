@@ -44,13 +44,17 @@ reported epsilon is an upper bound, typically within 0.1-0.3% of the exact value
 (and of ``dp_accounting``'s PLD). FFT rounding limits deltas to about 1e-13 and
 above. The numerics live in :mod:`fedlab.privacy.prv_grid`.
 
-Why fedlab keeps its own PRV next to ``dp_accounting``'s PLD and Opacus' PRV: it
-composes fedlab's :class:`~fedlab.privacy.events.GaussianEvent` records through the
-:class:`~fedlab.privacy.accountants.Accountant` protocol and reports an interval
-(:meth:`PrvAccountant.epsilon_bounds`) from an algorithm independent of the PLD, which
-is how the tests check the PLD numbers; Opacus' PRV accounts Opacus optimizer
-histories. Server-side ``accountant = "prv"`` is this one; client-side (DP-SGD)
-``"prv"`` is Opacus'.
+Why fedlab keeps its own PRV next to ``dp_accounting``'s PLD and Opacus' PRV: the
+server-side accountants live in :mod:`fedlab.privacy`, which imports no torch or opacus
+(importing Opacus imports torch), so Opacus' PRV serves only DP-SGD on the client
+(:class:`~fedlab.training.accounting.OpacusAccountant`). This one composes
+:class:`~fedlab.privacy.events.GaussianEvent` records through the
+:class:`~fedlab.privacy.accountants.Accountant` protocol at a relative error (2e-3 by
+default) and reports the interval (:meth:`PrvAccountant.epsilon_bounds`); Opacus'
+``get_epsilon`` reports the upper end at an absolute error (0.01 by default, a quarter of
+an epsilon of 0.04 in the cross-device regime). Its algorithm is independent of the PLD,
+which is how the tests cross-check the PLD numbers. Server-side ``accountant = "prv"`` is
+this one; client-side (DP-SGD) ``"prv"`` is Opacus'.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedlab.privacy._shared import STATE_VERSION, check_delta, check_epsilon, merged_events, parse_state
+from fedlab.privacy.event_accountant import EventAccountant
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.prv_grid import (
     MAX_GRID_SIZE,
@@ -86,7 +91,7 @@ DEFAULT_ABSOLUTE_ERROR = 1e-4
 # --- the accountant ----------------------------------------------------------------------------------
 
 
-class PrvAccountant:
+class PrvAccountant(EventAccountant[GaussianEvent]):
     """Privacy-random-variable accountant (Gopi et al. 2021); an upper bound as tight as PLD.
 
     Implements the :class:`~fedlab.privacy.accountants.Accountant` protocol. Its
@@ -108,6 +113,7 @@ class PrvAccountant:
     """
 
     name: str = "prv"
+    event_type = GaussianEvent
 
     def __init__(
         self,
@@ -121,6 +127,10 @@ class PrvAccountant:
         self._directions: tuple[Direction, ...] | None = None
         self._compositions: dict[float, tuple[Composition, ...]] = {}
 
+    def fresh(self) -> PrvAccountant:
+        """Returns an empty PRV accountant with the same error targets."""
+        return PrvAccountant(relative_error=self._relative, absolute_error=self._absolute)
+
     def compose(self, event: GaussianEvent) -> None:
         """Adds one event to the history.
 
@@ -131,8 +141,7 @@ class PrvAccountant:
             TypeError: If ``event`` is not a :class:`GaussianEvent`.
 
         """
-        if not isinstance(event, GaussianEvent):
-            raise TypeError(f"prv accountant composes GaussianEvent, got {type(event).__name__}")
+        self.refuse_unsupported(event)
         self._events.append(event)
         self._directions = None
         self._compositions = {}

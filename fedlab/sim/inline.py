@@ -38,18 +38,18 @@ from numpy.typing import NDArray
 
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder
 from fedlab.algorithms.runs import run_configured
+from fedlab.algorithms.sampling import sample_indices
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.data.types import FederatedData
+from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
 from fedlab.sim.hooks import InlineHooks, TappedRecorder, WithExtraClients
 from fedlab.sim.pool import WorkerPool
-from fedlab.sim.sampling import sample_indices
 from fedlab.sim.secure_inline import InlineSecureTransport
 from fedlab.sim.trainer import ClientOutcome, local_steps
 from fedlab.sim.worker import ClientService, WorkerTask, split_task
-from fedlab.training.accounting import PrivacyStep
 from fedlab.training.recorder import RunRecorder
 from fedlab.training.run_setup import set_up_run
 
@@ -67,13 +67,13 @@ class HistoryStore:
     """The simulator's per-client store of accountant histories, keyed by client id."""
 
     def __init__(self) -> None:
-        self._histories: dict[str, tuple[PrivacyStep, ...]] = {}
+        self._histories: dict[str, tuple[GaussianEvent, ...]] = {}
 
-    def get(self, client_id: str) -> tuple[PrivacyStep, ...]:
+    def get(self, client_id: str) -> tuple[GaussianEvent, ...]:
         """The client's history (empty before it first trained)."""
         return self._histories.get(client_id, ())
 
-    def put(self, client_id: str, history: tuple[PrivacyStep, ...]) -> None:
+    def put(self, client_id: str, history: tuple[GaussianEvent, ...]) -> None:
         """Save the client's history after a round."""
         if history:
             self._histories[client_id] = history

@@ -20,7 +20,7 @@ import numpy as np
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
-from fedlab.training.accounting import PrivacyStep
+from fedlab.privacy.events import GaussianEvent
 from fedlab.training.client_runtime import CalibrationKey, client_report, client_seed, dp_spec, optim_spec
 from fedlab.training.device import resolve_device
 from fedlab.training.local import LocalTrainer
@@ -32,7 +32,7 @@ class ClientOutcome:
     """One client's report and its accountant history after the round."""
 
     report: TrainReport
-    history: tuple[PrivacyStep, ...]
+    history: tuple[GaussianEvent, ...]
 
 
 class SwapTrainer:
@@ -65,7 +65,7 @@ class SwapTrainer:
         data: ArrayDataset,
         weights: Sequence[np.ndarray],
         *,
-        history: Sequence[PrivacyStep],
+        history: Sequence[GaussianEvent],
         round_seed: int,
         clip_norm: float | None = None,
         secret: bytes | None = None,

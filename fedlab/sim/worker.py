@@ -20,8 +20,8 @@ import torch
 
 from fedlab.core.config import RunConfig
 from fedlab.data.types import FederatedData
+from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.trainer import ClientOutcome, SwapTrainer
-from fedlab.training.accounting import PrivacyStep
 from fedlab.training.randomness import fresh_secret
 
 
@@ -38,7 +38,7 @@ class WorkerTask:
 
     round_seed: int
     weights: tuple[np.ndarray, ...]
-    clients: tuple[tuple[str, tuple[PrivacyStep, ...]], ...]
+    clients: tuple[tuple[str, tuple[GaussianEvent, ...]], ...]
     clip_norm: float | None = None
 
 

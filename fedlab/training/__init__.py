@@ -2,8 +2,9 @@
 
 Data comes in as numpy arrays (``x`` float32 ``(n, *feature_shape)``, ``y`` int64);
 weights go in and out as lists of float32 arrays in ``state_dict`` order; the update
-is a :class:`fedlab.core.update.Update` holding the delta. Privacy spending is an
-Opacus accountant history (:class:`PrivacyStep` entries) carried by the caller.
+is a :class:`fedlab.core.update.Update` holding the delta. Privacy spending is a
+history of :class:`~fedlab.privacy.events.GaussianEvent` records carried by the caller
+(converted to Opacus' accountant history only inside :mod:`fedlab.training.accounting`).
 The package also holds what runs around local training: the client runtime, the
 run recorder, the SecAgg+ client and the device's privacy budget.
 
@@ -14,7 +15,7 @@ an explicit generator: seeded by the caller, or keyed by a fresh secret
 """
 
 from fedlab.training.accounting import (
-    PrivacyStep,
+    OpacusAccountant,
     epsilon_from_history,
     noise_multiplier_for_epsilon,
 )
@@ -32,8 +33,8 @@ from fedlab.training.models import build_model, get_weights, set_weights
 __all__ = [
     "DpSgdSpec",
     "LocalTrainer",
+    "OpacusAccountant",
     "OptimSpec",
-    "PrivacyStep",
     "TrainResult",
     "build_model",
     "epsilon_from_history",

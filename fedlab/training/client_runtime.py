@@ -22,13 +22,13 @@ from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.data.types import ArrayDataset
 from fedlab.privacy.adaptive_clipping import norm_indicator
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
     DpSgdSpec,
     LocalTrainer,
     OptimSpec,
-    PrivacyStep,
     TrainResult,
     evaluate,
     noise_multiplier_for_epsilon,
@@ -191,11 +191,11 @@ class ClientRuntime:
         data: ClientData,
         weights: Sequence[np.ndarray],
         *,
-        history: Sequence[PrivacyStep],
+        history: Sequence[GaussianEvent],
         round_seed: int,
         clip_norm: float | None = None,
         secret: bytes | None = None,
-    ) -> tuple[TrainReport, tuple[PrivacyStep, ...]]:
+    ) -> tuple[TrainReport, tuple[GaussianEvent, ...]]:
         """Train one round from ``weights``; return the report and the new accountant history.
 
         Randomness: with ``secret`` (deployment: the client's own per-round secret, e.g.

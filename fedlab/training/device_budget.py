@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,11 @@ from scipy import stats
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import LedgerError
 from fedlab.privacy.client_budget import ChargeRow, ClientBudget, ReleaseRow
+from fedlab.privacy.event_accountant import EventAccountant
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.skellam import SKELLAM_RDP_ORDERS, SkellamEvent, SkellamParams
 from fedlab.privacy.skellam_release import SERVER_VIEW, server_view_event
-from fedlab.training.accounting import PrivacyStep, epsilon_from_history
+from fedlab.training.accounting import epsilon_from_history
 from fedlab.training.client_runtime import CalibrationKey, dp_spec, optim_spec
 from fedlab.training.local import poisson_plan
 
@@ -57,12 +58,50 @@ DEVICE_RDP_ORDERS: tuple[int, ...] = SKELLAM_RDP_ORDERS
 """Integer orders of a mixed composition (the Skellam bound holds for integer orders only)."""
 
 
-@dataclass(frozen=True)
-class Noiseless:
-    """A release without DP noise (``dp.mode = "none"``): its epsilon is infinite."""
+ChargedEvent = GaussianEvent | SkellamEvent
+"""The events a device's charges carry."""
 
 
-Charge = PrivacyStep | GaussianEvent | SkellamEvent | Noiseless
+@dataclass(frozen=True, kw_only=True)
+class Charge:
+    """What one release costs the device: the mechanism it is stored under and its event.
+
+    Attributes:
+        mechanism: ``dpsgd`` or ``dp-fedavg`` (a :class:`GaussianEvent`), ``skellam-ddp`` (a
+            :class:`SkellamEvent`) or ``none`` (no event: a noiseless release, infinite epsilon).
+        event: What the release charges (None for a noiseless one).
+
+    >>> Charge(mechanism=DPSGD, event=GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=10))
+    Charge(mechanism='dpsgd', event=GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=10))
+    >>> Charge(mechanism=DPSGD)
+    Traceback (most recent call last):
+    ...
+    ValueError: a dpsgd charge carries a GaussianEvent; got NoneType
+    """
+
+    mechanism: str
+    event: ChargedEvent | None = None
+
+    def __post_init__(self) -> None:
+        wanted = _event_type(self.mechanism)
+        if not isinstance(self.event, wanted):
+            carries = "no event" if wanted is type(None) else f"a {wanted.__name__}"
+            raise ValueError(f"a {self.mechanism} charge carries {carries}; got {type(self.event).__name__}")
+
+
+def _event_type(mechanism: str) -> type:
+    """The type of event a charge of ``mechanism`` carries (NoneType: none); ValueError if unknown."""
+    if mechanism in (DPSGD, DP_FEDAVG):
+        return GaussianEvent
+    if mechanism == SKELLAM_DDP:
+        return SkellamEvent
+    if mechanism == NOISELESS:
+        return type(None)
+    raise ValueError(f"unknown mechanism {mechanism!r}")
+
+
+NOISELESS_CHARGE = Charge(mechanism=NOISELESS)
+"""The charge of a noiseless release (``dp.mode = "none"``): its epsilon is infinite."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,62 +145,40 @@ class RoundDecision:
     on_record: bool = False
 
 
-def mechanism_of(charge: Charge) -> str:
-    """The mechanism name a charge is stored under.
-
-    >>> mechanism_of(PrivacyStep(noise_multiplier=1.0, sample_rate=0.1, steps=10))
-    'dpsgd'
-    """
-    if isinstance(charge, PrivacyStep):
-        return DPSGD
-    if isinstance(charge, GaussianEvent):
-        return DP_FEDAVG
-    return SKELLAM_DDP if isinstance(charge, SkellamEvent) else NOISELESS
-
-
 def charge_of(row: ChargeRow) -> Charge:
-    """A stored charge, back as an event.
+    """A stored charge, back as a :class:`Charge`.
 
     >>> charge_of(ChargeRow(run_id=1, server_round=1, mechanism="dp-fedavg", epsilon=1.0,
-    ...                     params={"noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 4}))
+    ...                     params={"noise_multiplier": 1.0, "sample_rate": 0.5, "steps": 4})).event
     GaussianEvent(noise_multiplier=1.0, sample_rate=0.5, steps=4)
 
     Raises:
         LedgerError: On an unknown mechanism or malformed parameters.
     """
     try:
-        if row.mechanism == DPSGD:
+        wanted = _event_type(row.mechanism)
+    except ValueError:
+        raise LedgerError(f"budget file: unknown mechanism {row.mechanism!r}") from None
+    try:
+        event: ChargedEvent | None = None
+        if wanted is GaussianEvent:
             event = GaussianEvent.from_dict(row.params)
-            return PrivacyStep(
-                noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps
-            )
-        if row.mechanism == DP_FEDAVG:
-            return GaussianEvent.from_dict(row.params)
-        if row.mechanism == SKELLAM_DDP:
-            return SkellamEvent.from_dict(row.params)
-        if row.mechanism == NOISELESS:
-            return Noiseless()
+        elif wanted is SkellamEvent:
+            event = SkellamEvent.from_dict(row.params)
     except (TypeError, ValueError) as exc:
         raise LedgerError(f"budget file: malformed {row.mechanism} charge: {exc}") from None
-    raise LedgerError(f"budget file: unknown mechanism {row.mechanism!r}")
+    return Charge(mechanism=row.mechanism, event=event)
 
 
-def _params(charge: Charge) -> dict[str, Any]:
-    if isinstance(charge, PrivacyStep):
-        z, q, steps = charge.as_opacus()
-        return {"noise_multiplier": z, "sample_rate": q, "steps": steps}
-    return {} if isinstance(charge, Noiseless) else charge.to_dict()
-
-
-def _rdp(charge: Charge, orders: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    if isinstance(charge, SkellamEvent):
-        return charge.rdp(orders)
-    if isinstance(charge, Noiseless) or charge.noise_multiplier == 0.0:
+def _rdp(event: ChargedEvent | None, orders: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    if isinstance(event, SkellamEvent):
+        return event.rdp(orders)
+    if event is None or event.noise_multiplier == 0.0:
         return np.full(orders.shape, math.inf)
     curve = compute_rdp(
-        q=charge.sample_rate,
-        noise_multiplier=charge.noise_multiplier,
-        steps=charge.steps,
+        q=event.sample_rate,
+        noise_multiplier=event.noise_multiplier,
+        steps=event.steps,
         orders=list(orders),
     )
     return np.asarray(curve, dtype=np.float64)
@@ -175,22 +192,83 @@ def device_epsilon(charges: Sequence[Charge], *, delta: float, accountant: str =
         delta: The device's delta, in (0, 1).
         accountant: Opacus accountant (``rdp`` or ``prv``) of a history of ``dpsgd`` charges only.
 
-    >>> step = PrivacyStep(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
+    >>> event = GaussianEvent(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
+    >>> step = Charge(mechanism=DPSGD, event=event)
     >>> round(device_epsilon([step], delta=1e-5), 6), device_epsilon([], delta=1e-5)
     (7.329111, 0.0)
-    >>> device_epsilon([step, Noiseless()], delta=1e-5)
+    >>> device_epsilon([step, NOISELESS_CHARGE], delta=1e-5)
     inf
     """
-    if any(isinstance(c, Noiseless) for c in charges):
+    if any(c.event is None for c in charges):
         return math.inf
-    steps = [c for c in charges if isinstance(c, PrivacyStep)]
+    steps = dpsgd_events(charges)
     sgd = epsilon_from_history(steps, delta=delta, accountant=accountant) if steps else 0.0
     if len(steps) == len(charges):
         return max(0.0, sgd)
     orders = np.asarray(DEVICE_RDP_ORDERS, dtype=np.float64)
-    total = np.sum([_rdp(c, orders) for c in charges], axis=0)
+    total = np.sum([_rdp(c.event, orders) for c in charges], axis=0)
     composed, _ = rdp_privacy_accountant.compute_epsilon(orders, total, delta)
     return max(0.0, sgd, float(composed))
+
+
+def dpsgd_events(charges: Sequence[Charge]) -> tuple[GaussianEvent, ...]:
+    """The events of the ``dpsgd`` charges among ``charges``, in order (the DP-SGD history)."""
+    return tuple(c.event for c in charges if c.mechanism == DPSGD and isinstance(c.event, GaussianEvent))
+
+
+class DeviceAccountant(EventAccountant[Charge]):
+    """The device's charges as an accountant: :func:`device_epsilon` over them, and its budget check.
+
+    Each (charges, delta) is computed once, so :meth:`epsilon_after` and :meth:`would_exceed` of
+    the same round cost one computation.
+
+    Args:
+        charges: The charges spent so far, in order.
+        accountant: Opacus accountant of a ``dpsgd``-only history (``rdp`` or ``prv``).
+
+    >>> event = GaussianEvent(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
+    >>> step = Charge(mechanism=DPSGD, event=event)
+    >>> acc = DeviceAccountant([step])
+    >>> acc.would_exceed(max_epsilon=8.0, delta=1e-5), acc.would_exceed(step, max_epsilon=8.0, delta=1e-5)
+    (False, True)
+    """
+
+    name = "device"
+    event_type = Charge
+
+    def __init__(self, charges: Sequence[Charge] = (), *, accountant: str = "rdp") -> None:
+        self._charges = list(charges)
+        self._accountant = accountant
+        self._epsilons: dict[tuple[tuple[Charge, ...], float], float] = {}
+
+    def compose(self, event: Charge) -> None:
+        """Adds one charge (TypeError unless it is a :class:`Charge`)."""
+        self.refuse_unsupported(event)
+        self._charges.append(event)
+
+    def epsilon(self, *, delta: float) -> float:
+        """The device's epsilon at ``delta`` after every charge so far."""
+        return self._epsilon_of(tuple(self._charges), delta)
+
+    def epsilon_after(self, *events: Charge, delta: float) -> float:
+        """The device's epsilon at ``delta`` if ``events`` were charged after every charge so far."""
+        for event in events:
+            self.refuse_unsupported(event)
+        return self._epsilon_of((*self._charges, *events), delta)
+
+    def events(self) -> tuple[Charge, ...]:
+        """Every charge so far, in order."""
+        return tuple(self._charges)
+
+    def fresh(self) -> DeviceAccountant:
+        """An accountant with no charges and the same Opacus accountant."""
+        return DeviceAccountant(accountant=self._accountant)
+
+    def _epsilon_of(self, charges: tuple[Charge, ...], delta: float) -> float:
+        key = (charges, delta)
+        if key not in self._epsilons:
+            self._epsilons[key] = device_epsilon(charges, delta=delta, accountant=self._accountant)
+        return self._epsilons[key]
 
 
 def round_charge(
@@ -215,17 +293,18 @@ def round_charge(
     """
     dp = config.dp
     if not dp.enabled:
-        return Noiseless()
+        return NOISELESS_CHARGE
     if dp.dpsgd:
         spec = dp_spec(config, num_examples, calibrated)
         assert spec is not None
         rate, steps = poisson_plan(num_examples, optim_spec(config))
-        return PrivacyStep(noise_multiplier=spec.noise_multiplier, sample_rate=rate, steps=steps)
+        step = GaussianEvent(noise_multiplier=spec.noise_multiplier, sample_rate=rate, steps=steps)
+        return Charge(mechanism=DPSGD, event=step)
     if dp.central:
-        return _central_event(round_values or {})
+        return Charge(mechanism=DP_FEDAVG, event=_central_event(round_values or {}))
     if not isinstance(encoding, SkellamParams):
         raise ValueError("a distributed-DP round must announce its Skellam encoding")
-    return server_view_event(encoding)
+    return Charge(mechanism=SKELLAM_DDP, event=server_view_event(encoding))
 
 
 def _central_event(values: Mapping[str, Any]) -> GaussianEvent:
@@ -255,7 +334,8 @@ def decide(
     Refuses a round already released (never twice; the only refusal not kept on record), a
     noiseless round without ``allow_non_private``, a run whose ``dp.delta`` exceeds the device's,
     a central round beyond the run's announced rounds or with other settings than the run's first,
-    and a round after which :func:`device_epsilon` would exceed ``max_epsilon``.
+    and a round after which the device's epsilon would exceed ``max_epsilon``
+    (:meth:`DeviceAccountant.would_exceed`).
 
     Stops a server (misconfigured or malicious) from making the device release more than its owner
     allowed: whatever delta, DP mode, round numbers or history the server claims, the planned
@@ -264,42 +344,49 @@ def decide(
     deleting the budget file.
     """
     rows = budget.charges()
-    history = [charge_of(row) for row in rows]
-    accountant = config.dp.resolved_accountant if config.dp.dpsgd else "rdp"
-    mechanism = mechanism_of(charge)
+    spent = DeviceAccountant(
+        [charge_of(row) for row in rows],
+        accountant=config.dp.resolved_accountant if config.dp.dpsgd else "rdp",
+    )
     if budget.released(run_id, server_round):
-        current = device_epsilon(history, delta=policy.delta, accountant=accountant)
+        current = spent.epsilon(delta=policy.delta)
         return RoundDecision(
-            mechanism=mechanism, charge=None, epsilon=current, refusal="already released (never twice)"
+            mechanism=charge.mechanism, charge=None, epsilon=current, refusal="already released (never twice)"
         )
     added: Charge | None = charge
     reason = None
-    if isinstance(charge, GaussianEvent):
+    if charge.mechanism == DP_FEDAVG:
         added, reason = _central_round(budget, rows, charge, run_id=run_id, server_round=server_round)
-    epsilon = device_epsilon(
-        [*history, *([added] if added else [])], delta=policy.delta, accountant=accountant
-    )
-    if isinstance(charge, Noiseless) and not policy.allow_non_private:
+    new = [added] if added else []
+    epsilon = spent.epsilon_after(*new, delta=policy.delta)
+    noiseless = charge.mechanism == NOISELESS
+    if noiseless and not policy.allow_non_private:
         reason = "non-private round (dp.mode = none); the device was not started with --allow-non-private"
-    elif not isinstance(charge, Noiseless) and config.dp.delta > policy.delta:
+    elif not noiseless and config.dp.delta > policy.delta:
         reason = f"the run's dp.delta {config.dp.delta:g} is larger than the device's delta {policy.delta:g}"
-    elif reason is None and epsilon > policy.max_epsilon:
+    elif reason is None and spent.would_exceed(*new, max_epsilon=policy.max_epsilon, delta=policy.delta):
         reason = f"its epsilon would reach {epsilon:.4f} > max epsilon {policy.max_epsilon:g} (budget spent)"
     return RoundDecision(
-        mechanism=mechanism, charge=added, epsilon=epsilon, refusal=reason, on_record=reason is not None
+        mechanism=charge.mechanism,
+        charge=added,
+        epsilon=epsilon,
+        refusal=reason,
+        on_record=reason is not None,
     )
 
 
 def _central_round(
-    budget: ClientBudget, rows: Sequence[ChargeRow], event: GaussianEvent, *, run_id: int, server_round: int
-) -> tuple[GaussianEvent | None, str | None]:
+    budget: ClientBudget, rows: Sequence[ChargeRow], charge: Charge, *, run_id: int, server_round: int
+) -> tuple[Charge | None, str | None]:
     """What a central round adds: the whole run at its first round, nothing later; or why not."""
+    event = charge.event
+    assert isinstance(event, GaussianEvent)
     if server_round > event.steps:
         return None, f"round {server_round} is beyond the run's {event.steps} announced rounds"
     charged = [row for row in rows if row.run_id == run_id and row.mechanism == DP_FEDAVG]
     if not charged:
-        return event, None
-    if charge_of(charged[0]) != event:
+        return charge, None
+    if charge_of(charged[0]) != charge:
         return None, "its central-DP settings differ from those charged at the run's first round"
     released = [r for r in budget.releases() if r.run_id == run_id and r.mechanism == DP_FEDAVG]
     if len(released) >= event.steps:
@@ -336,15 +423,30 @@ def commit(budget: ClientBudget, decision: RoundDecision, *, run_id: int, server
         raise LedgerError(f"round {server_round} was refused: {decision.refusal}")
     row = None
     if decision.charge is not None:
+        event = decision.charge.event
         row = ChargeRow(
-            run_id=run_id, server_round=server_round, mechanism=mechanism_of(decision.charge),
-            params=_params(decision.charge), epsilon=decision.epsilon,
+            run_id=run_id, server_round=server_round, mechanism=decision.charge.mechanism,
+            params={} if event is None else event.to_dict(), epsilon=decision.epsilon,
         )  # fmt: skip
     budget.commit_release(
         ReleaseRow(run_id=run_id, server_round=server_round, mechanism=decision.mechanism), row
     )
 
 
-def dpsgd_history(budget: ClientBudget) -> tuple[PrivacyStep, ...]:
+def taken_dpsgd_charge(*, before: Sequence[GaussianEvent], after: Sequence[GaussianEvent]) -> Charge | None:
+    """The DP-SGD charge of the steps a round took, from its history before and after (None: none).
+
+    >>> before = (GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=10),)
+    >>> after = (GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=14),)
+    >>> taken_dpsgd_charge(before=before, after=after).event.steps
+    4
+    """
+    spent = sum(s.steps for s in after) - sum(s.steps for s in before)
+    if spent <= 0 or not after:
+        return None
+    return Charge(mechanism=DPSGD, event=replace(after[-1], steps=spent))
+
+
+def dpsgd_history(budget: ClientBudget) -> tuple[GaussianEvent, ...]:
     """The device's DP-SGD charges: the accountant history its trainer continues."""
-    return tuple(c for c in (charge_of(row) for row in budget.charges()) if isinstance(c, PrivacyStep))
+    return dpsgd_events([charge_of(row) for row in budget.charges()])

@@ -50,11 +50,12 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from fedlab.core.update import Update
+from fedlab.privacy.events import GaussianEvent
 from fedlab.training.accounting import (
-    PrivacyStep,
     epsilon_from_history,
     history_from_opacus,
     noise_multiplier_for_epsilon,
+    opacus_history,
 )
 from fedlab.training.models import set_weights, unwrap
 from fedlab.training.randomness import RoundStreams, StreamDPOptimizer, epoch_batches, start_streams
@@ -64,7 +65,6 @@ __all__ = [
     "DpSgdSpec",
     "LocalTrainer",
     "OptimSpec",
-    "PrivacyStep",
     "TrainResult",
     "epoch_batches",
     "evaluate",
@@ -150,7 +150,7 @@ class LocalTrainer:
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
         self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
         self._tensors = list(unwrap(self._model).state_dict().values())  # the parameters' storage
-        self._epsilons: dict[tuple[PrivacyStep, ...], float] = {}
+        self._epsilons: dict[tuple[GaussianEvent, ...], float] = {}
 
     def use_client(
         self, *, x: np.ndarray, y: np.ndarray, dp: DpSgdSpec | None, public_size: int | None = None
@@ -208,7 +208,7 @@ class LocalTrainer:
         self,
         global_weights: Sequence[np.ndarray],
         *,
-        history: Sequence[PrivacyStep] = (),
+        history: Sequence[GaussianEvent] = (),
         round_seed: int | None = None,
         secret: bytes | None = None,
     ) -> TrainResult:
@@ -257,7 +257,7 @@ class LocalTrainer:
             sample_rate=0.0 if self._dp is None else self._dp.sample_rate,
         )
 
-    def epsilon(self, history: Sequence[PrivacyStep]) -> float:
+    def epsilon(self, history: Sequence[GaussianEvent]) -> float:
         """Return the epsilon at this trainer's delta of ``history``, with its accountant.
 
         Without DP the only valid history is the empty one, reported as 0.0. Answers are
@@ -293,11 +293,11 @@ class LocalTrainer:
                 tensor.copy_(torch.from_numpy(array))
         return received
 
-    def _start_round(self, prior: tuple[PrivacyStep, ...]) -> None:
+    def _start_round(self, prior: tuple[GaussianEvent, ...]) -> None:
         self._optimizer.zero_grad(set_to_none=True)
         self._optimizer.state.clear()
         if self._dp is not None:
-            self._dp.accountant.history = [step.as_opacus() for step in prior]
+            self._dp.accountant.history = opacus_history(prior)
         self._model.train()
 
     def _run_epochs(self) -> tuple[float, int, int]:
@@ -319,7 +319,7 @@ class LocalTrainer:
         """Take one optimizer step on the given examples; return their summed loss."""
         return train_step(self._model, self._optimizer, self._x, self._y, indices)
 
-    def _history_after(self, prior: tuple[PrivacyStep, ...], steps: int) -> tuple[PrivacyStep, ...]:
+    def _history_after(self, prior: tuple[GaussianEvent, ...], steps: int) -> tuple[GaussianEvent, ...]:
         if self._dp is None:
             return ()
         after = history_from_opacus(self._dp.accountant.history)
@@ -468,5 +468,5 @@ def _build_optimizer(
     return cast(torch.optim.Optimizer, private)
 
 
-def _total_steps(history: Sequence[PrivacyStep]) -> int:
+def _total_steps(history: Sequence[GaussianEvent]) -> int:
     return sum(step.steps for step in history)

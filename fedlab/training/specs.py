@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from fedlab.core.config import TrainSection
 from fedlab.core.update import Update
-from fedlab.training.accounting import ACCOUNTANTS, PrivacyStep
+from fedlab.privacy.events import GaussianEvent
+from fedlab.training.accounting import ACCOUNTANTS
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -113,7 +114,7 @@ class TrainResult:
     update: Update
     loss: float
     steps: int
-    history: tuple[PrivacyStep, ...]
+    history: tuple[GaussianEvent, ...]
     epsilon: float
     noise_multiplier: float
     sample_rate: float

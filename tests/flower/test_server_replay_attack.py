@@ -120,7 +120,7 @@ def test_the_edge_client_update_cannot_be_replayed_by_the_server(tmp_path):
 
 
 def test_dpsgd_under_secure_aggregation_cannot_be_replayed_by_the_server():
-    from tests.secagg_integration.secure_local_transport import LocalSecureTransport
+    from tests.algorithms.secure_local_transport import LocalSecureTransport
 
     config = dpsgd_config(secagg={"enabled": True, "bits": 32, "clip_range": 1.0, "weighting": "uniform"})
     transport = LocalSecureTransport(config, seeded=False)  # devices: keys, masks and noise unseeded

@@ -15,7 +15,7 @@ from fedlab.privacy import (
     GaussianEvent,
     PldAccountant,
     RdpAccountant,
-    RepeatedEventEpsilon,
+    RepeatedEventAccountant,
     epsilon_of,
     make_accountant,
 )
@@ -277,15 +277,31 @@ def test_rdp_with_opacus_orders_agrees_with_opacus() -> None:
 
 
 @pytest.mark.parametrize("name", ["pld", "prv", "rdp"])
-def test_repeated_event_epsilon_equals_epsilon_of_the_repeated_history(name: str) -> None:
+def test_repeated_event_accountant_equals_epsilon_of_the_repeated_history(name: str) -> None:
     event = GaussianEvent(noise_multiplier=1.1, sample_rate=0.05, steps=2)
-    curve = RepeatedEventEpsilon(event, delta=1e-5, accountant=name)
-    values = [curve.epsilon(n) for n in (1, 3, 40)]
+    acc = RepeatedEventAccountant(event, accountant=name)
+    assert acc.epsilon(delta=1e-5) == 0.0
+    values = []
+    for n in range(1, 41):
+        acc.compose(event)
+        if n in (1, 3, 40):
+            values.append(acc.epsilon(delta=1e-5))
     expected = [epsilon_of([event] * n, delta=1e-5, accountant=name) for n in (1, 3, 40)]
     assert values == pytest.approx(expected, rel=1e-9)
-    assert values == sorted(values) and curve.epsilon(0) == 0.0
+    assert values == sorted(values) and acc.events() == (event,) * 40
 
 
-def test_repeated_event_epsilon_of_a_noiseless_event_is_infinite() -> None:
-    curve = RepeatedEventEpsilon(GaussianEvent(noise_multiplier=0.0, sample_rate=0.5, steps=1), delta=1e-5)
-    assert curve.epsilon(1) == math.inf
+def test_repeated_event_accountant_of_a_noiseless_event_is_infinite() -> None:
+    noiseless = GaussianEvent(noise_multiplier=0.0, sample_rate=0.5, steps=1)
+    assert RepeatedEventAccountant(noiseless).epsilon_after(noiseless, delta=1e-5) == math.inf
+
+
+def test_repeated_event_accountant_composes_only_its_event() -> None:
+    event = GaussianEvent(noise_multiplier=1.1, sample_rate=0.05, steps=1)
+    acc = RepeatedEventAccountant(event, accountant="rdp")
+    other = GaussianEvent(noise_multiplier=1.2, sample_rate=0.05, steps=1)
+    assert acc.supports(event) and not acc.supports(other)
+    with pytest.raises(TypeError):
+        acc.compose(other)
+    with pytest.raises(TypeError):
+        acc.would_exceed(other, max_epsilon=1.0, delta=1e-5)

@@ -1,9 +1,13 @@
 """Calibration never overshoots the budget and is tight."""
 
-import pytest
+import math
 
-from fedlab.privacy import GaussianEvent, calibrate_noise_multiplier, epsilon_of
-from fedlab.privacy.calibration import MIN_NOISE_MULTIPLIER
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from fedlab.privacy import GaussianEvent, calibrate, calibrate_noise_multiplier, epsilon_of
+from fedlab.privacy.calibration import MIN_NOISE_MULTIPLIER, NUDGE, Bisection
 
 
 def spent(z: float, *, q: float, steps: int, delta: float, accountant: str) -> float:
@@ -106,3 +110,91 @@ def test_arguments_are_keyword_only_and_validated() -> None:
     ]:
         with pytest.raises(ValueError, match=key if key != "accountant" else "unknown accountant"):
             calibrate_noise_multiplier(**{**good, key: bad})  # type: ignore[arg-type]
+
+
+# --- the one calibration function ------------------------------------------------------------------
+
+
+class ToyAccountant:
+    """Epsilon c / z of a release at noise multiplier z: the exact answer to calibrating is c / target."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    def compose(self, event: float) -> None:
+        self.spent += SCALE / event
+
+    def epsilon(self, *, delta: float) -> float:
+        del delta
+        return self.spent
+
+
+SCALE = 3.0
+
+
+def identity(z: float) -> float:
+    return z
+
+
+@pytest.mark.parametrize("target", [0.05, 0.7, 3.0, 11.0])
+@pytest.mark.parametrize("tolerance", [1e-3, 1e-2, 0.3])
+def test_calibrate_is_within_tolerance_above_the_exact_answer(target: float, tolerance: float) -> None:
+    exact = SCALE / target
+    z = calibrate(
+        ToyAccountant, identity, target_epsilon=target, delta=1e-5, search=Bisection(tolerance=tolerance)
+    )
+    assert SCALE / z <= target  # never overshoots
+    assert exact <= z <= exact / (1 - tolerance)  # tight: within the tolerance of the exact answer
+
+
+def test_calibrate_raises_a_proposal_that_overshoots_until_it_meets_the_target() -> None:
+    def too_small(epsilon, *, target):  # a search that proposes 10% less than what is needed
+        return 0.9 * SCALE / target
+
+    z = calibrate(ToyAccountant, identity, target_epsilon=2.0, delta=1e-5, search=too_small)
+    assert SCALE / z <= 2.0 < SCALE / (z / NUDGE)  # the first nudge that meets it, not a later one
+
+
+def test_calibrate_gives_up_after_the_last_nudge_and_reports_unreachable_targets() -> None:
+    with pytest.raises(ValueError, match="could not find"):
+        calibrate(ToyAccountant, identity, target_epsilon=1.0, delta=1e-5, search=lambda e, *, target: 1e-9)
+    with pytest.raises(ValueError, match=r"unreachable.*raise bits"):
+        calibrate(
+            ToyAccountant, identity, target_epsilon=1.0, delta=1e-5,
+            search=lambda e, *, target: None, hint="raise bits",
+        )  # fmt: skip
+
+
+def test_calibrate_evaluates_each_noise_multiplier_once() -> None:
+    asked: list[float] = []
+
+    def recorded(z: float) -> float:
+        asked.append(z)
+        return z
+
+    calibrate(ToyAccountant, recorded, target_epsilon=0.7, delta=1e-5)
+    assert len(asked) == len(set(asked))
+
+
+def test_calibrate_validates_the_target_and_delta() -> None:
+    for key, bad in [("target_epsilon", 0.0), ("target_epsilon", math.inf), ("delta", 0.0), ("delta", 1.0)]:
+        kwargs = {"target_epsilon": 1.0, "delta": 1e-5, key: bad}
+        with pytest.raises(ValueError, match=key):
+            calibrate(ToyAccountant, identity, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tolerance"):
+        Bisection(tolerance=0.0)
+
+
+@pytest.mark.parametrize("target", [0.5, 1.0, 4.0])
+def test_gaussian_calibration_recovers_the_exact_analytic_noise(target: float) -> None:
+    # One unsampled Gaussian release: the exact (epsilon, delta) curve is analytic (Balle & Wang 2018).
+    def delta_of(sigma: float) -> float:
+        return norm.cdf(0.5 / sigma - target * sigma) - math.exp(target) * norm.cdf(
+            -0.5 / sigma - target * sigma
+        )
+
+    exact = brentq(lambda sigma: delta_of(sigma) - 1e-5, 0.1, 100.0, xtol=1e-12)
+    z = calibrate_noise_multiplier(
+        target_epsilon=target, delta=1e-5, sample_rate=1.0, steps=1, accountant="pld"
+    )
+    assert z == pytest.approx(exact, rel=3e-3)

@@ -22,9 +22,10 @@ from opacus.accountants import RDPAccountant
 from fedlab.algorithms.runs import central_settings, secure_settings
 from fedlab.core.config import load_config
 from fedlab.data.federated import build_federated_data
-from fedlab.privacy.accountants import RepeatedEventEpsilon
+from fedlab.privacy.accountants import RepeatedEventAccountant
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.skellam import SkellamAccountant
-from fedlab.training.accounting import PrivacyStep, epsilon_from_history
+from fedlab.training.accounting import epsilon_from_history
 from fedlab.training.client_runtime import dp_spec, optim_spec
 from fedlab.training.local import poisson_plan
 
@@ -40,6 +41,14 @@ def sampled_gaussian(q, z, steps):
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), steps
     )
+
+
+def epsilon_after_rounds(event, *, rounds, delta, accountant):
+    """The epsilon a DP-FedAvg run reports after ``rounds`` releases of ``event``."""
+    spent = RepeatedEventAccountant(event, accountant=accountant)
+    for _ in range(rounds):
+        spent.compose(event)
+    return spent.epsilon(delta=delta)
 
 
 def test_every_shipped_dp_mode_is_covered():
@@ -59,7 +68,7 @@ def test_dpsgd_client_epsilons_match_dp_accounting_rdp(config):
         q, steps = poisson_plan(n, optim_spec(config))
         total = steps * config.run.rounds
         ours = epsilon_from_history(
-            [PrivacyStep(noise_multiplier=spec.noise_multiplier, sample_rate=q, steps=total)],
+            [GaussianEvent(noise_multiplier=spec.noise_multiplier, sample_rate=q, steps=total)],
             delta=config.dp.delta, accountant=spec.accountant,
         )  # fmt: skip
         reference = rdp_privacy_accountant.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
@@ -72,10 +81,10 @@ def test_dpsgd_client_epsilons_match_dp_accounting_rdp(config):
 def test_central_epsilon_matches_dp_accounting_pld_and_fedlab_prv(config):
     settings = central_settings(config, num_clients=config.data.num_clients)
     rounds, delta = config.run.rounds, config.dp.delta
-    ours = RepeatedEventEpsilon(settings.round_event(), delta=delta, accountant="pld").epsilon(rounds)
+    ours = epsilon_after_rounds(settings.round_event(), rounds=rounds, delta=delta, accountant="pld")
     direct = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
     direct.compose(sampled_gaussian(settings.sample_rate, settings.noise_multiplier, rounds))
-    prv = RepeatedEventEpsilon(settings.round_event(), delta=delta, accountant="prv").epsilon(rounds)
+    prv = epsilon_after_rounds(settings.round_event(), rounds=rounds, delta=delta, accountant="prv")
     assert ours == pytest.approx(direct.get_epsilon(delta), rel=0.01)
     assert ours == pytest.approx(prv, rel=0.01)
     assert ours <= config.dp.target_epsilon

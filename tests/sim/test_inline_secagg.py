@@ -16,7 +16,7 @@ from fedlab.core.metrics import SilentObserver
 from fedlab.sim.inline import simulate_inline
 from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import LEDGER_FILE, METRICS_FILE, RunRecorder
-from tests.secagg_integration.secure_local_transport import LocalSecureTransport
+from tests.algorithms.secure_local_transport import LocalSecureTransport
 
 NUM_CLIENTS = 12
 
@@ -127,7 +127,7 @@ def test_no_secret_state_outlives_its_round() -> None:
     from fedlab.sim.inline import InlineTransport
     from fedlab.sim.secure_inline import InlineSecureTransport
     from fedlab.sim.worker import ClientService
-    from tests.secagg_integration.test_secure_fedavg_rounds import MemoryRecorder
+    from tests.algorithms.test_secure_fedavg_rounds import MemoryRecorder
 
     # Dropouts at random stages, and a high bar for survivors: some rounds abort mid-protocol.
     cfg = config(

@@ -8,11 +8,11 @@ from dp_accounting.pld import pld_privacy_accountant
 from training_helpers import BACKWARD_HOOK_WARNING, blobs, dp_accounting_rdp_epsilon, dpsgd, sgd
 
 from fedlab.core.config import TrainSection
+from fedlab.privacy.events import GaussianEvent
 from fedlab.training import (
     DpSgdSpec,
     LocalTrainer,
     OptimSpec,
-    PrivacyStep,
     build_model,
     evaluate,
     get_weights,
@@ -62,7 +62,7 @@ def test_reported_epsilon_is_dp_accountings_over_the_true_history(accountant):
     rounds = 3 if accountant == "rdp" else 2
     result, _ = run_rounds(trainer, get_weights(trainer.model), rounds)
 
-    expected = (PrivacyStep(noise_multiplier=1.1, sample_rate=20 / 120, steps=rounds * 2 * 6),)
+    expected = (GaussianEvent(noise_multiplier=1.1, sample_rate=20 / 120, steps=rounds * 2 * 6),)
     assert result.history == expected
     assert trainer.epsilon(result.history) == result.epsilon
     if accountant == "rdp":  # the same RDP orders, computed by Google's dp_accounting
@@ -98,9 +98,9 @@ def test_history_accumulates_and_the_wrapped_model_is_reused():
 def test_a_carried_history_is_kept_and_extended():
     x, y = blobs(60)
     trainer = trainer_for(x, y, optim=sgd(batch_size=15), dp=dpsgd(z=1.1))
-    earlier = (PrivacyStep(noise_multiplier=2.0, sample_rate=0.5, steps=7),)
+    earlier = (GaussianEvent(noise_multiplier=2.0, sample_rate=0.5, steps=7),)
     result = trainer.train_round(get_weights(trainer.model), history=earlier, round_seed=0)
-    assert result.history == (*earlier, PrivacyStep(noise_multiplier=1.1, sample_rate=0.25, steps=4))
+    assert result.history == (*earlier, GaussianEvent(noise_multiplier=1.1, sample_rate=0.25, steps=4))
 
 
 def test_steps_follow_opacus_poisson_epochs_not_rounding():
@@ -314,7 +314,7 @@ def test_trainer_rejects_misuse():
     with pytest.raises(ValueError, match="without DP"):
         plain.train_round(
             get_weights(plain.model),
-            history=(PrivacyStep(noise_multiplier=1.0, sample_rate=0.1, steps=1),),
+            history=(GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=1),),
             round_seed=0,
         )
     with pytest.raises(ValueError, match="round_seed"):

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedlab.privacy.event_accountant import EventAccountant
 from fedlab.privacy.skellam._checks import as_orders, require
 from fedlab.privacy.skellam.event import SkellamEvent
 from fedlab.privacy.skellam.params import SkellamParams
@@ -20,7 +21,7 @@ __all__ = ["SkellamAccountant"]
 _STATE_VERSION = 1
 
 
-class SkellamAccountant:
+class SkellamAccountant(EventAccountant[SkellamEvent]):
     """RDP accountant of :class:`SkellamEvent` records (the ``Accountant`` interface).
 
     Composition adds the RDP curves over :data:`SKELLAM_RDP_ORDERS`; conversion
@@ -38,6 +39,7 @@ class SkellamAccountant:
     """
 
     name: str = "skellam"
+    event_type = SkellamEvent
 
     def __init__(self, *, orders: Sequence[int] = SKELLAM_RDP_ORDERS) -> None:
         self._orders = as_orders(orders)
@@ -51,10 +53,13 @@ class SkellamAccountant:
             TypeError: If ``event`` is not a :class:`SkellamEvent`.
 
         """
-        if not isinstance(event, SkellamEvent):
-            raise TypeError(f"{self.name} accountant composes SkellamEvent, got {type(event).__name__}")
+        self.refuse_unsupported(event)
         self._events.append(event)
         self._rdp = None
+
+    def fresh(self) -> SkellamAccountant:
+        """Returns an empty Skellam accountant with the same orders."""
+        return SkellamAccountant(orders=self.orders)
 
     def rdp(self) -> npt.NDArray[np.float64]:
         """Returns the composed RDP curve at :attr:`orders` (zeros if nothing was composed)."""

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from fedlab.privacy.calibration import search_noise_multiplier
-from fedlab.privacy.skellam._checks import require
+from fedlab.privacy.calibration import Bisection, calibrate
 from fedlab.privacy.skellam.accountant import SkellamAccountant
 from fedlab.privacy.skellam.event import SkellamEvent
 from fedlab.privacy.skellam.params import DEFAULT_BETA, DEFAULT_K, SkellamParams
@@ -32,9 +29,10 @@ def calibrate_skellam_noise_multiplier(
 ) -> float:
     """Returns the smallest noise multiplier found whose Skellam epsilon is at most the target.
 
-    Bisection on z keeping ``epsilon(hi) <= target_epsilon`` (evaluated by
-    :class:`SkellamAccountant` with ``min_survivors`` survivors), so the result
-    never overshoots the budget; z smaller by the relative ``tolerance`` exceeds it.
+    :func:`~fedlab.privacy.calibration.calibrate` with a
+    :class:`~fedlab.privacy.calibration.Bisection` on z (floor 0.05), epsilon evaluated by
+    :class:`SkellamAccountant` with ``min_survivors`` survivors, so the result never overshoots
+    the budget; z smaller by the relative ``tolerance`` exceeds it.
 
     Args:
         target_epsilon: The budget, > 0.
@@ -65,28 +63,21 @@ def calibrate_skellam_noise_multiplier(
         1.0
 
     """
-    require(
-        math.isfinite(target_epsilon) and target_epsilon > 0.0,
-        f"target_epsilon must be finite and > 0; got {target_epsilon!r}",
-    )
-    require(0.0 < delta < 1.0, f"delta must be in (0, 1); got {delta!r}")
-    require(0.0 < tolerance <= 0.5, f"tolerance must be in (0, 0.5]; got {tolerance!r}")
     template = SkellamParams(
         clip=clip, noise_multiplier=1.0, num_clients=num_clients, min_survivors=min_survivors,
         bits=bits, dim=dim, beta=beta, k=k,
     )  # fmt: skip
-    SkellamEvent(params=template, sample_rate=sample_rate, steps=steps)  # validates q and steps
 
-    def eps(noise_multiplier: float) -> float:
-        acc = SkellamAccountant()
+    def release(noise_multiplier: float) -> SkellamEvent:
         params = template.with_noise_multiplier(noise_multiplier)
-        acc.compose(SkellamEvent(params=params, sample_rate=sample_rate, steps=steps))
-        return acc.epsilon(delta=delta)
+        return SkellamEvent(params=params, sample_rate=sample_rate, steps=steps)
 
-    return search_noise_multiplier(
-        eps,
-        target=target_epsilon,
-        tolerance=tolerance,
-        floor=_MIN_NOISE_MULTIPLIER,
+    release(1.0)  # validates q and steps
+    return calibrate(
+        SkellamAccountant,
+        release,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        search=Bisection(tolerance=tolerance, floor=_MIN_NOISE_MULTIPLIER),
         hint="rounding with too few bits, or too many steps; raise bits or the target",
     )

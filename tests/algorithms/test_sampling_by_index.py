@@ -1,10 +1,9 @@
-"""Sampling by index draws the same clients as the algorithms' samplers over id strings."""
+"""Sampling by index draws the same clients as sampling over id strings."""
 
 import numpy as np
 import pytest
 
-from fedlab.algorithms.sampling import sample_fraction, sample_poisson
-from fedlab.sim.sampling import sample_indices
+from fedlab.algorithms.sampling import sample_fraction, sample_indices, sample_poisson
 
 
 @pytest.mark.parametrize("seed", range(5))

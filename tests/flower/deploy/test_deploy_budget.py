@@ -14,8 +14,17 @@ from fedlab.core.errors import ConfigError, LedgerError
 from fedlab.flower.deploy import DeploymentError, load_federation, node_config, read_device_settings
 from fedlab.flower.edge import device_settings
 from fedlab.privacy.client_budget import ChargeRow, ClientBudget, RefusalRow, ReleaseRow
-from fedlab.training.accounting import PrivacyStep, epsilon_from_history
-from fedlab.training.device_budget import DevicePolicy, charge_of, commit, decide, device_epsilon
+from fedlab.privacy.events import GaussianEvent
+from fedlab.training.accounting import epsilon_from_history
+from fedlab.training.device_budget import (
+    DPSGD,
+    Charge,
+    DevicePolicy,
+    charge_of,
+    commit,
+    decide,
+    device_epsilon,
+)
 
 CONFIG = config_from_dict(
     {
@@ -114,8 +123,8 @@ def test_a_budget_file_of_the_first_schema_is_migrated_in_place(tmp_path):
             assert budget.released(big, 2) and not budget.released(big, 3)
     # The history is the DP-SGD steps it held: the same epsilon as Opacus gives for them.
     history = [charge_of(c) for c in charges]
-    step = PrivacyStep(noise_multiplier=1.0, sample_rate=0.05, steps=18)
-    assert history == [step, step]
+    step = GaussianEvent(noise_multiplier=1.0, sample_rate=0.05, steps=18)
+    assert history == [Charge(mechanism=DPSGD, event=step)] * 2
     assert device_epsilon(history, delta=1e-5) == epsilon_from_history(
         [step, step], delta=1e-5, accountant="rdp"
     )
@@ -128,9 +137,10 @@ def test_a_budget_file_of_the_first_schema_is_migrated_in_place(tmp_path):
 
 
 def test_the_rule_refuses_exactly_when_the_next_round_would_exceed_the_maximum(tmp_path):
-    step = PrivacyStep(noise_multiplier=1.0, sample_rate=32 / 600, steps=600 // 32)
-    eps1 = epsilon_from_history([step], delta=1e-5, accountant="rdp")
-    eps2 = epsilon_from_history([step, step], delta=1e-5, accountant="rdp")
+    event = GaussianEvent(noise_multiplier=1.0, sample_rate=32 / 600, steps=600 // 32)
+    step = Charge(mechanism=DPSGD, event=event)
+    eps1 = epsilon_from_history([event], delta=1e-5, accountant="rdp")
+    eps2 = epsilon_from_history([event, event], delta=1e-5, accountant="rdp")
     policy = DevicePolicy(max_epsilon=(eps1 + eps2) / 2)
     with ClientBudget.open(tmp_path / "budget.sqlite") as budget:
         first = decide(budget, policy, config=CONFIG, run_id=1, server_round=1, charge=step)

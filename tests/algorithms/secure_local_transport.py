@@ -23,10 +23,10 @@ from fedlab.core.reports import TrainReport
 from fedlab.data.federated import build_federated_data
 from fedlab.flower.secure_client import SecureStageClient
 from fedlab.flower.secure_transport import decode_reply
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.client_runtime import ClientData, ClientRuntime
-from fedlab.training.local import PrivacyStep
 
 Dropouts = Mapping[int, Mapping[Stage, Set[str]]]
 
@@ -39,7 +39,7 @@ class LocalSecureTransport:
     dropouts: Dropouts = field(default_factory=dict)
     carried: list[tuple[int, Stage, str, ClientStageMessage]] = field(default_factory=list)
     states: dict[str, bytes] = field(default_factory=dict)
-    histories: dict[str, tuple[PrivacyStep, ...]] = field(default_factory=dict)
+    histories: dict[str, tuple[GaussianEvent, ...]] = field(default_factory=dict)
     seeded: bool = True  # simulation randomness (reproducible); False: a device's secret randomness
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from fedlab.flower.deploy import flower_env
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:
@@ -249,12 +249,13 @@ def spends(state: Path) -> list[tuple[int, float]]:
 
 def per_round_epsilons(num_examples: int, rounds: int) -> list[float]:
     """A device's epsilon after each round under the FEDERATION template's DP-SGD settings."""
-    from fedlab.training.accounting import PrivacyStep, epsilon_from_history
+    from fedlab.privacy.events import GaussianEvent
+    from fedlab.training.accounting import epsilon_from_history
     from fedlab.training.local import OptimSpec, poisson_plan
 
     optim = OptimSpec(optimizer="sgd", lr=0.5, momentum=0.0, local_epochs=1, batch_size=32)
     q, steps = poisson_plan(num_examples, optim)
-    step = PrivacyStep(noise_multiplier=1.0, sample_rate=q, steps=steps)
+    step = GaussianEvent(noise_multiplier=1.0, sample_rate=q, steps=steps)
     return [epsilon_from_history([step] * r, delta=1e-5, accountant="rdp") for r in range(1, rounds + 1)]
 
 

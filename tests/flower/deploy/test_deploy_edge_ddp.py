@@ -23,7 +23,7 @@ from fedlab.flower.edge import BUDGET_REFUSED
 from fedlab.privacy.client_budget import ClientBudget
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import Stage
-from tests.secagg_integration.secure_local_transport import MemoryRecorder
+from tests.algorithms.secure_local_transport import MemoryRecorder
 
 from . import edge_messages
 from .conftest import write_partitions
