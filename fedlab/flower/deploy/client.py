@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -174,6 +176,8 @@ def supernode_command(launch: ClientLaunch, *, runtime_port: int) -> list[str]:
     return command
 
 
+PLAINTEXT_REFUSED = "plaintext refused: the server requires TLS (use --root-cert instead of --insecure)"
+
 # Known SuperNode failures, turned into one line each (matched on its output).
 CLIENT_FAILURES: tuple[tuple[str, str], ...] = (
     (
@@ -188,10 +192,7 @@ CLIENT_FAILURES: tuple[tuple[str, str], ...] = (
         "with the server (add its .pub to [deployment] device_keys)",
     ),
     ("Unable to parse the private key", "--key: Flower cannot parse the device private key"),
-    (
-        "Server disconnected without sending a response",
-        "plaintext refused: the server requires TLS (use --root-cert instead of --insecure)",
-    ),
+    ("Server disconnected without sending a response", PLAINTEXT_REFUSED),
     ("SSL", "TLS handshake with the server failed (wrong --server port or protocol?)"),
     ("Giving up reconnection", "gave up reconnecting: the server at --server is not reachable"),
     ("Connection refused", "cannot reach the server at --server (not running, or wrong address)"),
@@ -206,6 +207,32 @@ def explain_client_failure(lines: Iterable[str]) -> str | None:
         if needle in text:
             return message
     return None
+
+
+def server_speaks_tls(address: str, *, timeout: float = 5.0) -> bool:
+    """Whether the server at ``HOST:PORT`` completes a TLS handshake (certificate not checked).
+
+    Tells a plaintext client refused by a TLS server apart from an unreachable server:
+    a plaintext SuperNode reports either one as a failed connection, with varying
+    messages. Nothing is sent after the handshake.
+
+    Example:
+        >>> server_speaks_tls("127.0.0.1:1", timeout=1.0)
+        False
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host or None),
+        ):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 # SuperNode output lines after which it will not recover (it may hang instead of exiting).
@@ -269,6 +296,8 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
             delay = min(delay * 1.5, 5.0)
             continue
         reason = explain_client_failure(tail.lines)
+        if launch.insecure and reason != PLAINTEXT_REFUSED and server_speaks_tls(launch.server):
+            reason = PLAINTEXT_REFUSED
         if reason is None:
             reason = f"the SuperNode exited with code {code}: {last_line(chr(10).join(tail.lines))}"
         raise DeploymentError(reason)
