@@ -146,7 +146,7 @@ class CohortTrainer:
         width = max([len(x) for x, _ in data])
         xs = torch.stack([_pad(x, width) for x, _ in data])
         ys = torch.stack([_pad(y, width) for _, y in data])
-        rows = torch.arange(clients).unsqueeze(1)
+        rows = torch.arange(clients, device=xs.device).unsqueeze(1)
         for step in steps:
             x, y = xs[rows, step.indices], ys[rows, step.indices]
             grads = (
@@ -201,14 +201,13 @@ class _OptimizerState:
     @classmethod
     def empty(cls, params: Params) -> _OptimizerState:
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-        clients = next(iter(params.values())).shape[0]
-        return cls(
-            zeros, {name: z.clone() for name, z in zeros.items()}, torch.zeros(clients, dtype=torch.float64)
-        )
+        first = next(iter(params.values()))
+        taken = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
+        return cls(zeros, {name: z.clone() for name, z in zeros.items()}, taken)
 
     def step(self, params: Params, grads: Params, active: torch.Tensor, optim: OptimSpec) -> Params:
         """One optimizer step for the active clients (the others keep parameters and state)."""
-        taken = self.taken + active.double()
+        taken = self.taken + active.to(self.taken)
         new: Params = {}
         for name, p in params.items():
             g, on = grads[name], _broadcast(active, p)
