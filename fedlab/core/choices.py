@@ -28,6 +28,21 @@ class ModelKind(StrEnum):
 
 
 MODELS = tuple(kind.value for kind in ModelKind)
+
+
+class TrainerKind(StrEnum):
+    """Who trains a round's clients in the inline simulator (``simulation.trainer``).
+
+    >>> TrainerKind("auto") is TrainerKind.AUTO
+    True
+    """
+
+    SEQUENTIAL = "sequential"
+    COHORT = "cohort"
+    AUTO = "auto"
+
+
+TRAINERS = tuple(kind.value for kind in TrainerKind)
 OPTIMIZERS = ("sgd", "adam")
 SECAGG_WEIGHTINGS = ("auto", "examples", "uniform")
 DP_MODES = ("none", "dpsgd", "central", "distributed")

@@ -28,8 +28,10 @@ from fedlab.core.choices import (
     SAMPLING,
     SECAGG_WEIGHTINGS,
     SERVER_ACCOUNTANTS,
+    TRAINERS,
     AccountantKind,
     ModelKind,
+    TrainerKind,
     check_choice,
     check_min,
     check_open_unit,
@@ -251,6 +253,9 @@ class SimulationSection:
     ``target_updates`` updates arrived (0: wait for every sampled client).
     ``ray_address`` points the ``flower`` backend at a running Ray cluster. With
     ``client_randomness = "secret"`` (inline) clients draw a fresh secret per round, as deployed.
+    ``trainer`` picks who trains a round's clients (inline): one after another, ``cohort``
+    (vectorized, in groups of ``cohort_size``; 0: what fits in memory), or ``auto`` (cohort
+    when the model allows, else sequential with a logged reason).
     """
 
     backend: str = "inline"
@@ -271,9 +276,16 @@ class SimulationSection:
     target_updates: int = 0
     ray_address: str = ""
     client_randomness: str = "seeded"
+    trainer: TrainerKind = TrainerKind.SEQUENTIAL
+    cohort_size: int = 0
 
     def __post_init__(self) -> None:
         check_choice("simulation.backend", self.backend, BACKENDS)
+        check_choice("simulation.trainer", self.trainer, TRAINERS)
+        object.__setattr__(self, "trainer", TrainerKind(self.trainer))  # the TOML string, resolved
+        check_min("simulation.cohort_size", self.cohort_size, 0)
+        if self.trainer == TrainerKind.COHORT and self.backend != "inline":
+            raise config_error("simulation.trainer", "'cohort' needs simulation.backend = 'inline'")
         check_choice("simulation.client_randomness", self.client_randomness, CLIENT_RANDOMNESS)
         check_min("simulation.num_cpus_per_client", self.num_cpus_per_client, 0.0, inclusive=False)
         check_min("simulation.num_gpus_per_client", self.num_gpus_per_client, 0.0)

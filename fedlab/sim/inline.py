@@ -42,14 +42,16 @@ from fedlab.algorithms.sampling import sample_indices
 from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
 from fedlab.core.reports import RoundReplies
+from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
 from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
 from fedlab.sim.hooks import InlineHooks, TappedRecorder, WithExtraClients
 from fedlab.sim.pool import WorkerPool
 from fedlab.sim.secure_inline import InlineSecureTransport
-from fedlab.sim.trainer import ClientOutcome, local_steps
+from fedlab.sim.trainer import ClientOutcome, local_steps, resolve_trainer
 from fedlab.sim.worker import ClientService, WorkerTask, split_task
+from fedlab.training.models import build_model
 from fedlab.training.recorder import RunRecorder
 from fedlab.training.run_setup import set_up_run
 
@@ -228,6 +230,9 @@ def simulate_inline(
             :mod:`fedlab.sim.hooks`).
     """
     torch.set_num_threads(1)  # one thread per training process, as each worker
+    if data is None:
+        data = build_federated_data(config.data, seed=config.run.seed)
+    config = resolve_trainer(config, _fresh_model(config, data))  # before anything is written
     setup = set_up_run(config, run_dir=run_dir, observer=observer, data=data)
     data = setup.data
     workers = worker_count(config)
@@ -283,3 +288,10 @@ def _run_rounds(
         secure_noise=hooks.secure_server,
     )
     return outcome.stopped_because
+
+
+def _fresh_model(config: RunConfig, data: FederatedData) -> torch.nn.Module:
+    return build_model(
+        config.model.kind, feature_shape=data.feature_shape, num_classes=data.num_classes,
+        hidden=config.model.hidden, seed=config.run.seed,
+    )  # fmt: skip

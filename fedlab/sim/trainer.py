@@ -11,17 +11,23 @@ equality against the deployed client runtime).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torch import nn
 
+from fedlab.core.choices import TrainerKind
 from fedlab.core.config import RunConfig
+from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
 from fedlab.privacy.events import GaussianEvent
 from fedlab.training.client_runtime import CalibrationKey, client_report, client_seed, dp_spec, optim_spec
+from fedlab.training.cohort_layers import unsupported_reason
 from fedlab.training.device import resolve_device
 from fedlab.training.local import LocalTrainer
 from fedlab.training.models import build_model
@@ -111,3 +117,40 @@ def local_steps(num_examples: int, config: RunConfig) -> int:
     if config.dp.dpsgd:
         return epochs * (num_examples // batch)
     return epochs * math.ceil(num_examples / batch)
+
+
+LOG = logging.getLogger("fedlab.sim.trainer")
+
+
+def resolve_trainer(config: RunConfig, model: nn.Module) -> RunConfig:
+    """The config with ``simulation.trainer`` decided: ``cohort`` or ``sequential``, never ``auto``.
+
+    ``auto`` becomes ``cohort`` when the cohort trainer can train ``model``, else ``sequential``
+    with one warning in the log saying why.
+
+    Args:
+        config: The run configuration.
+        model: A fresh model of the run's architecture.
+
+    Raises:
+        ConfigError: If ``trainer = "cohort"`` and the cohort trainer cannot train ``model``.
+
+    >>> from fedlab.core.config import RunConfig, SimulationSection
+    >>> from fedlab.training.models import build_model
+    >>> auto = RunConfig(simulation=SimulationSection(trainer="auto"))
+    >>> resolve_trainer(auto, build_model("mlp", feature_shape=(4,), num_classes=2)).simulation.trainer
+    <TrainerKind.COHORT: 'cohort'>
+    """
+    chosen = config.simulation.trainer
+    if chosen == TrainerKind.SEQUENTIAL:
+        return config
+    reason = unsupported_reason(model)
+    if reason is None:
+        decided = TrainerKind.COHORT
+    elif chosen == TrainerKind.COHORT:
+        raise ConfigError(f"simulation.trainer: the cohort trainer cannot train this run: {reason}")
+    else:
+        LOG.warning("simulation.trainer = 'auto': training clients one after another (%s)", reason)
+        decided = TrainerKind.SEQUENTIAL
+    simulation = dataclasses.replace(config.simulation, trainer=decided)
+    return dataclasses.replace(config, simulation=simulation)

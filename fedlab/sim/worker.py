@@ -18,10 +18,13 @@ from multiprocessing.connection import Connection
 import numpy as np
 import torch
 
+from fedlab.core.choices import TrainerKind
 from fedlab.core.config import RunConfig
 from fedlab.data.types import FederatedData
 from fedlab.privacy.events import GaussianEvent
+from fedlab.sim.cohort_trainer import ClientJob, CohortClients
 from fedlab.sim.trainer import ClientOutcome, SwapTrainer
+from fedlab.training.models import build_model
 from fedlab.training.randomness import fresh_secret
 
 
@@ -43,10 +46,11 @@ class WorkerTask:
 
 
 class ClientService:
-    """Trains the clients of a task on one swap trainer.
+    """Trains the clients of a task on one swap trainer, or together on a cohort trainer.
 
     Args:
-        config: The run configuration.
+        config: The run configuration, its ``simulation.trainer`` decided
+            (:func:`~fedlab.sim.trainer.resolve_trainer`; ``auto`` trains one after another).
         data: The federated data; client ``i`` is partition ``i``.
     """
 
@@ -54,6 +58,7 @@ class ClientService:
         self._config = config
         self._data = data
         self._swap: SwapTrainer | None = None
+        self._cohort: CohortClients | None = None
 
     def trainer(self) -> SwapTrainer:
         """The swap trainer, built on first use (a simulator whose workers train builds none)."""
@@ -63,17 +68,43 @@ class ClientService:
             )
         return self._swap
 
+    def cohort(self) -> CohortClients:
+        """The cohort trainer, built on first use."""
+        if self._cohort is None:
+            config, data = self._config, self._data
+            model = build_model(
+                config.model.kind, feature_shape=data.feature_shape, num_classes=data.num_classes,
+                hidden=config.model.hidden, seed=config.run.seed,
+            )  # fmt: skip
+            self._cohort = CohortClients(config, model, feature_shape=data.feature_shape)
+        return self._cohort
+
+    @property
+    def _uses_cohort(self) -> bool:
+        return self._config.simulation.trainer == TrainerKind.COHORT
+
     def warm_up(self) -> None:
         """Build the trainer now (a worker does it before it reports ready)."""
-        self.trainer()
+        if self._uses_cohort:
+            self.cohort()
+        else:
+            self.trainer()
 
     def run(self, task: WorkerTask) -> list[ClientOutcome]:
-        """Train every client of ``task`` in order; materialize each client's data only now.
+        """Train every client of ``task`` (outcomes in order); materialize each client's data only now.
 
         With ``simulation.client_randomness = "secret"`` every client draws a fresh secret for
         the round (as a deployed client does); else its randomness is seeded from the run seed.
         """
         secret = self._config.simulation.client_randomness == "secret"
+        if self._uses_cohort:
+            jobs = [
+                ClientJob(cid, self._data.client(int(cid)), history, fresh_secret() if secret else None)
+                for cid, history in task.clients
+            ]
+            return self.cohort().train(
+                jobs, task.weights, round_seed=task.round_seed, clip_norm=task.clip_norm
+            )
         return [
             self.trainer().train(
                 client_id,

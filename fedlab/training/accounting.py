@@ -46,6 +46,34 @@ def opacus_history(events: Sequence[GaussianEvent]) -> list[tuple[float, float, 
     return [(e.noise_multiplier, e.sample_rate, e.steps) for e in events]
 
 
+def history_after_steps(
+    history: Sequence[GaussianEvent], *, noise_multiplier: float, sample_rate: float, steps: int
+) -> tuple[GaussianEvent, ...]:
+    """The history after ``steps`` more DP-SGD steps, merged as Opacus' accountants merge steps.
+
+    An Opacus accountant extends its last entry when a step has the same noise multiplier and
+    sample rate, and appends a new entry otherwise; this gives the history an Opacus-hooked
+    trainer would return after the same steps.
+
+    >>> h = history_after_steps((), noise_multiplier=1.0, sample_rate=0.1, steps=3)
+    >>> history_after_steps(h, noise_multiplier=1.0, sample_rate=0.1, steps=2)
+    (GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=5),)
+    >>> len(history_after_steps(h, noise_multiplier=1.2, sample_rate=0.1, steps=2))
+    2
+    """
+    events = list(history)
+    if steps <= 0:
+        return tuple(events)
+    last = events[-1] if events else None
+    if last is not None and (last.noise_multiplier, last.sample_rate) == (noise_multiplier, sample_rate):
+        events[-1] = GaussianEvent(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=last.steps + steps
+        )
+    else:
+        events.append(GaussianEvent(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps))
+    return tuple(events)
+
+
 def epsilon_from_history(history: Sequence[GaussianEvent], *, delta: float, accountant: str) -> float:
     """Return the epsilon at ``delta`` of the whole composed history.
 

@@ -1,26 +1,24 @@
-"""DP-SGD for a cohort of clients in one vectorized pass (``torch.func``), the Opacus step exactly.
+"""DP-SGD for a cohort of clients in one vectorized pass, the Opacus step exactly.
 
 Every client of a cohort starts from the same global weights; their parameters and optimizer
 state are stacked along a leading client axis. One step of the cohort is, for every client at
 once and exactly as Opacus' ``GradSampleModule`` with ``loss_reduction="mean"`` and
 ``DPOptimizer`` do for one client:
 
-1. per-example gradients of the cross-entropy loss of the client's batch (``vmap`` of ``grad``
-   over the examples, ``vmap`` over the clients); a client's batch is a padded row of indices
-   with a membership mask, so an empty Poisson batch is a step with no example;
+1. per-example gradients of the cross-entropy loss of the client's batch, layer by layer
+   (:mod:`fedlab.training.cohort_layers`: batched products, ghost norms for linear layers);
+   a client's batch is a padded row of indices with a membership mask, so an empty Poisson
+   batch is a step with no example;
 2. each example's gradient clipped to L2 norm ``max_grad_norm`` (factor
    ``min(1, C / (norm + 1e-6))``) and summed over the client's batch;
-3. Gaussian noise of standard deviation ``noise_multiplier * max_grad_norm`` added per client,
-   drawn from that client's own generator;
+3. Gaussian noise of standard deviation ``z_c * max_grad_norm`` added per client ``c`` with its
+   own noise multiplier ``z_c``, drawn from that client's own :class:`NoiseSource` one parameter
+   after another (a :class:`~fedlab.training.randomness.RoundStreams` draws exactly what the
+   client's ``DPOptimizer`` would: the same batches and noise give the same update);
 4. division by the expected batch size, then the client's SGD (with momentum) or Adam step.
 
-A client with fewer steps than the cohort's longest stops changing once its steps are done.
-
-Stacks of linear layers (logreg, MLP) take steps 1-2 without per-example gradients
-(:mod:`fedlab.training.cohort_linear`); other models (the GroupNorm CNN) materialise them with
-``torch.func``, which on a CPU is slower than Opacus one client after another.
-
-This module is the cohort step only: the simulator does not use it yet (issue 14).
+A client with fewer steps than the cohort's longest stops changing (and drawing noise) once its
+steps are done.
 
 Without DP (``dp=None``) step 1 is the batch-mean gradient and steps 2-3 are skipped, as in
 :func:`~fedlab.training.local.train_step`.
@@ -28,21 +26,36 @@ Without DP (``dp=None``) step 1 is the batch-mean gradient and steps 2-3 are ski
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
-from fedlab.training.cohort_linear import CLIP_STABILITY, is_linear_stack, linear_stack_grads
+from fedlab.training.cohort_layers import cohort_grads, unsupported_reason
 from fedlab.training.specs import DpSgdSpec, OptimSpec
 
 Params = dict[str, torch.Tensor]
 
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
+
+
+class NoiseSource(Protocol):
+    """Where one client's DP noise comes from (:class:`~fedlab.training.randomness.RoundStreams`)."""
+
+    def gaussian(self, std: float, like: torch.Tensor) -> torch.Tensor:
+        """N(0, std^2) noise shaped, typed and placed like ``like``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClientNoise:
+    """One client's noise: its noise multiplier and its own source."""
+
+    noise_multiplier: float
+    source: NoiseSource
 
 
 @dataclass(frozen=True)
@@ -79,37 +92,45 @@ def cohort_step_from_batches(batches: Sequence[torch.Tensor | None]) -> CohortSt
     return CohortStep(indices, mask, torch.tensor([b is not None for b in batches]))
 
 
+@dataclass(frozen=True)
+class CohortResult:
+    """What a cohort's training produced.
+
+    Attributes:
+        params: The final parameters, stacked along a leading client axis.
+        loss_sums: ``(clients,)`` summed training loss over every example each client saw.
+        seen: ``(clients,)`` how many examples each client saw (with repeats across steps).
+    """
+
+    params: Params
+    loss_sums: torch.Tensor
+    seen: torch.Tensor
+
+
 class CohortTrainer:
     """Trains the clients of a cohort together from one global model.
 
     Args:
-        model: A plain module of the run's architecture (its parameters are not changed).
+        model: A plain module of the run's architecture that
+            :func:`~fedlab.training.cohort_layers.unsupported_reason` accepts (only its layout is
+            used; its parameters are not changed).
         optim: Optimizer and its settings (``sgd`` with momentum, or ``adam``).
-        dp: DP-SGD parameters, or None for plain training.
+        dp: DP-SGD parameters (its ``max_grad_norm``; noise multipliers come per client with
+            :meth:`train`), or None for plain training.
+
+    Raises:
+        ValueError: If the cohort layers cannot train ``model``.
 
     """
 
     def __init__(self, model: nn.Module, optim: OptimSpec, dp: DpSgdSpec | None) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the cohort trainer cannot train this model: {reason}")
+        assert isinstance(model, nn.Sequential)
         self._model = model
         self._optim = optim
         self._dp = dp
-        self._buffers = {name: b.detach() for name, b in model.named_buffers()}
-        self._linear = model if isinstance(model, nn.Sequential) and is_linear_stack(model) else None
-        per_example: Callable[..., Params] = grad(self._example_loss)
-        per_client: Callable[..., Params] = vmap(per_example, in_dims=(None, 0, 0))
-        self._example_grads = vmap(per_client, in_dims=(0, 0, 0))
-        self._batch_grads = vmap(grad(self._batch_loss), in_dims=(0, 0, 0, 0))
-
-    def _example_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(self._model, (params, self._buffers), (x.unsqueeze(0),))
-        return F.cross_entropy(logits, y.unsqueeze(0))
-
-    def _batch_loss(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        logits = functional_call(self._model, (params, self._buffers), (x,))
-        losses = F.cross_entropy(logits, y, reduction="none")
-        return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
     def train(
         self,
@@ -117,28 +138,27 @@ class CohortTrainer:
         data: Sequence[tuple[torch.Tensor, torch.Tensor]],
         steps: Sequence[CohortStep],
         *,
-        noise: Sequence[torch.Generator] | None = None,
-    ) -> Params:
-        """Run ``steps`` for every client from ``start``; return the stacked final parameters.
+        noise: Sequence[ClientNoise] | None = None,
+    ) -> CohortResult:
+        """Run ``steps`` for every client from ``start``.
 
         Args:
             start: The global parameters (by name, as ``model.named_parameters()``).
             data: Each client's ``(x, y)``; rows of a :class:`CohortStep` index into them.
             steps: The cohort's steps, in order.
-            noise: One generator per client for its DP noise (required with DP and a noise
-                multiplier above 0).
+            noise: Each client's noise multiplier and source (with DP; None: no noise).
 
         Returns:
-            Parameters stacked along a leading axis of ``len(data)`` clients.
+            The parameters stacked along a leading axis of ``len(data)`` clients, and each
+            client's training loss.
 
         Raises:
-            ValueError: If the generators do not match the clients, or are missing under DP noise.
+            ValueError: If there is not one noise per client.
 
         """
         clients = len(data)
-        noisy = self._dp is not None and self._dp.noise_multiplier > 0.0
-        if noisy and (noise is None or len(noise) != clients):
-            raise ValueError(f"DP noise needs one generator per client ({clients})")
+        if noise is not None and len(noise) != clients:
+            raise ValueError(f"DP noise needs one noise per client ({clients}); got {len(noise)}")
         params = {
             name: t.detach().unsqueeze(0).repeat(clients, *([1] * t.dim())) for name, t in start.items()
         }
@@ -147,47 +167,26 @@ class CohortTrainer:
         xs = torch.stack([_pad(x, width) for x, _ in data])
         ys = torch.stack([_pad(y, width) for _, y in data])
         rows = torch.arange(clients, device=xs.device).unsqueeze(1)
+        loss_sums = torch.zeros(clients, dtype=torch.float64, device=xs.device)
+        seen = torch.zeros(clients, dtype=torch.float64, device=xs.device)
         for step in steps:
             x, y = xs[rows, step.indices], ys[rows, step.indices]
-            grads = (
-                self._private_grads(params, x, y, step.mask, noise)
-                if self._dp
-                else self._plain_grads(params, x, y, step.mask)
-            )
+            clip = self._dp.max_grad_norm if self._dp else None
+            summed, losses = cohort_grads(self._model, params, x, y, step.mask, clip=clip)
+            loss_sums += (losses * step.mask).sum(dim=1).to(loss_sums)
+            seen += step.mask.sum(dim=1).to(seen)
+            if self._dp is None:
+                count = step.mask.sum(dim=1).clamp(min=1.0)
+                grads = {name: g / _broadcast(count, g) for name, g in summed.items()}
+            else:
+                if noise is not None:
+                    summed = _add_noise(
+                        summed, clip=self._dp.max_grad_norm, noise=noise, active=step.active.tolist()
+                    )
+                batch = float(self._optim.batch_size)
+                grads = {name: total / batch for name, total in summed.items()}
             params = state.step(params, grads, step.active, self._optim)
-        return params
-
-    def _plain_grads(self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> Params:
-        if self._linear is None:
-            grads: Params = self._batch_grads(params, x, y, mask)
-            return grads
-        sums = linear_stack_grads(self._linear, params, x, y, mask, clip=None)
-        count = mask.sum(dim=1).clamp(min=1.0)
-        return {name: g / _broadcast(count, g) for name, g in sums.items()}
-
-    def _private_grads(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor,
-        noise: Sequence[torch.Generator] | None,
-    ) -> Params:
-        assert self._dp is not None
-        clip, z = self._dp.max_grad_norm, self._dp.noise_multiplier
-        if self._linear is not None:
-            summed = linear_stack_grads(self._linear, params, x, y, mask, clip=clip)
-        else:
-            per_example: Params = self._example_grads(params, x, y)
-            squared = sum(g.flatten(start_dim=2).pow(2).sum(dim=2) for g in per_example.values())
-            assert isinstance(squared, torch.Tensor)
-            factor = (clip / (squared.sqrt() + CLIP_STABILITY)).clamp(max=1.0) * mask  # (clients, width)
-            summed = {name: torch.einsum("cb,cb...->c...", factor, g) for name, g in per_example.items()}
-        if z > 0.0:
-            assert noise is not None
-            summed = _add_noise(summed, std=z * clip, generators=noise)
-        batch = float(self._optim.batch_size)
-        return {name: total / batch for name, total in summed.items()}
+        return CohortResult(params, loss_sums, seen)
 
 
 @dataclass
@@ -233,19 +232,15 @@ class _OptimizerState:
         return new
 
 
-def _add_noise(summed: Params, *, std: float, generators: Sequence[torch.Generator]) -> Params:
-    """Add N(0, std^2) to every coordinate, one draw per client from that client's generator."""
-    sizes = [t[0].numel() for t in summed.values()]
-    first = next(iter(summed.values()))
-    draws = torch.stack(
-        [
-            torch.normal(0.0, std, size=(sum(sizes),), generator=gen, dtype=first.dtype, device=first.device)
-            for gen in generators
-        ]
-    )
-    noisy: Params = {}
-    for (name, total), part in zip(summed.items(), torch.split(draws, sizes, dim=1), strict=True):
-        noisy[name] = total + part.reshape(total.shape)
+def _add_noise(summed: Params, *, clip: float, noise: Sequence[ClientNoise], active: list[bool]) -> Params:
+    """Add each active client's N(0, (z_c clip)^2) noise, parameter by parameter from its own source."""
+    noisy: Params = {name: total.clone() for name, total in summed.items()}
+    for client, own in enumerate(noise):
+        if not active[client]:
+            continue  # its steps are done: it draws nothing, as it would alone
+        std = own.noise_multiplier * clip
+        for total in noisy.values():
+            total[client] += own.source.gaussian(std, total[client])
     return noisy
 
 

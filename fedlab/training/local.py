@@ -145,7 +145,7 @@ class LocalTrainer:
         self._seed = seed
         self._streams = RoundStreams(device)
         model.to(device)
-        self._x, self._y, self._public = _client_tensors(x, y, public_size, device)
+        self._x, self._y, self._public = client_tensors(x, y, public_size, device)
         self._dp = None if dp is None else _dp_parts(dp, num_examples=self._public, optim=optim)
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
         self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
@@ -173,7 +173,7 @@ class LocalTrainer:
         """
         if (dp is None) != (self._dp is None):
             raise ValueError("a trainer keeps the DP setting it was built with")
-        self._x, self._y, self._public = _client_tensors(x, y, public_size, self._device)
+        self._x, self._y, self._public = client_tensors(x, y, public_size, self._device)
         if dp is not None:
             self._dp = _dp_parts(dp, num_examples=self._public, optim=self._optim)
             private = cast(StreamDPOptimizer, self._optimizer)
@@ -416,9 +416,18 @@ def _data_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[t
     )
 
 
-def _client_tensors(
+def client_tensors(
     x: np.ndarray, y: np.ndarray, public_size: int | None, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A client's checked data as tensors on ``device``, and its public example count.
+
+    Raises:
+        ValueError: On empty, non-finite or mismatched data, or ``public_size`` outside [1, n].
+
+    >>> x, y, n = client_tensors(np.zeros((3, 2), np.float32), np.array([0, 1, 0]), None, torch.device("cpu"))
+    >>> tuple(x.shape), y.dtype, n
+    ((3, 2), torch.int64, 3)
+    """
     x_t, y_t = _data_tensors(x, y, device)
     public = len(y_t) if public_size is None else public_size
     if not 1 <= public <= len(y_t):

@@ -93,6 +93,34 @@ class RoundStreams:
         self._secret_sampling = SecureRandom.derive(secret, "fedlab/client-round/sampling")
         self.secret_noise = SecureRandom.derive(secret, "fedlab/client-round/noise")
 
+    def gaussian(self, std: float, like: torch.Tensor) -> torch.Tensor:
+        """One parameter's DP-SGD noise, N(0, std^2) shaped, typed and placed as ``like``.
+
+        The draw a :class:`StreamDPOptimizer` adds to that parameter: seeded rounds draw
+        with the torch generator exactly as Opacus' ``DPOptimizer`` does (no draw when
+        ``std`` is 0); secret rounds draw from the ChaCha20 noise stream, with the
+        floating-point mitigation. Trainers that call it once per parameter per step,
+        in parameter order, reproduce the optimizer's noise.
+
+        >>> a, b = RoundStreams(torch.device("cpu")), RoundStreams(torch.device("cpu"))
+        >>> a.start_seeded(seed=1, round_seed=2); b.start_seeded(seed=1, round_seed=2)
+        >>> bool((a.gaussian(1.0, torch.zeros(3)) == b.gaussian(1.0, torch.zeros(3))).all())
+        True
+        """
+        if self.secret_noise is not None:
+            draw = torch.from_numpy(self.secret_noise.normal(0.0, std, size=tuple(like.shape)))
+            return draw.to(dtype=like.dtype, device=like.device)
+        if std == 0:
+            return torch.zeros_like(like)
+        return torch.normal(
+            0.0,
+            std,
+            size=tuple(like.shape),
+            device=like.device,
+            generator=self.noise_generator,
+            dtype=like.dtype,
+        )
+
     def poisson_batches(self, num_examples: int, *, sample_rate: float, steps: int) -> Iterator[torch.Tensor]:
         """``steps`` Poisson batches: each example independently with probability ``sample_rate``."""
         if self._secret_sampling is not None:
@@ -172,5 +200,4 @@ class StreamDPOptimizer(DPOptimizer):  # type: ignore[misc]
         std = float(self.noise_multiplier * self.max_grad_norm)
         for p in self.params:
             summed = p.summed_grad
-            noise = torch.from_numpy(source.normal(0.0, std, size=tuple(summed.shape)))
-            p.grad = (summed + noise.to(dtype=summed.dtype, device=summed.device)).view_as(p)
+            p.grad = (summed + self._streams.gaussian(std, summed)).view_as(p)

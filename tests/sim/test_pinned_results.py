@@ -2,7 +2,7 @@
 
 The numbers were measured at commit 4367d57 (before the consolidation of issue 13) with
 ``fedlab simulate CONFIG --backend inline`` and again after it; a change that moves them is a
-change of behaviour, not a refactor.
+change of behaviour, not a refactor. Training results are pinned to float-kernel precision.
 """
 
 import json
@@ -35,4 +35,11 @@ def test_a_shipped_config_gives_the_pinned_result(tmp_path, name):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     for key, value in PINNED[name].items():
-        assert summary[key] == pytest.approx(value, rel=1e-9, abs=0.0), key
+        # Epsilons follow from the plan alone: to 1e-9. Models follow from float kernels, which
+        # differ between CPUs (AVX2 vs AVX-512 summation order: the demo's loss moved by 7e-8):
+        # to 1e-5, and accuracy to one test example in 360.
+        tolerance = {
+            "accuracy": pytest.approx(value, abs=1 / 360 + 1e-12),
+            "loss": pytest.approx(value, rel=1e-5),
+        }
+        assert summary[key] == tolerance.get(key, pytest.approx(value, rel=1e-9, abs=0.0)), key

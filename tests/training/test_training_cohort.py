@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedlab.training.cohort import CohortTrainer, cohort_step_from_batches
+from fedlab.training.cohort import ClientNoise, CohortTrainer, cohort_step_from_batches
 from fedlab.training.local import train_step
 from fedlab.training.models import build_model
+from fedlab.training.randomness import RoundStreams
 from fedlab.training.specs import DpSgdSpec, OptimSpec
 
 SHAPES = {"logreg": (1, 8, 8), "mlp": (1, 8, 8), "cnn": (1, 8, 8)}
@@ -94,7 +95,9 @@ def test_noiseless_cohort_updates_equal_the_sequential_opacus_updates(
 
     model = build_model(kind, feature_shape=SHAPES[kind], num_classes=10, hidden=16, seed=3).double()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
-    trained = CohortTrainer(model, optim, dp).train(start, data, [cohort_step_from_batches(r) for r in plan])
+    trained = (
+        CohortTrainer(model, optim, dp).train(start, data, [cohort_step_from_batches(r) for r in plan]).params
+    )
     names = [name for name, _ in model.named_parameters()]
     assert len(names) == len(expected[0])
     for client, weights in enumerate(expected):  # the client's update, within 1e-5 relative (L2)
@@ -115,8 +118,12 @@ def test_each_clients_noise_has_std_z_c_over_b_and_clients_are_independent():
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     data = client_data(1)
     empty = cohort_step_from_batches([torch.tensor([], dtype=torch.long)] * len(data))  # noise only
-    gens = [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
-    trained = CohortTrainer(model, optim, dp).train(start, data, [empty], noise=gens)
+    noise = []
+    for seed in (11, 12, 13):
+        streams = RoundStreams(torch.device("cpu"))
+        streams.start_seeded(seed=seed, round_seed=0)
+        noise.append(ClientNoise(z, streams))
+    trained = CohortTrainer(model, optim, dp).train(start, data, [empty], noise=noise).params
     assert all(t.dtype == torch.float32 for t in trained.values())
     moves = [torch.cat([(start[n] - trained[n][c]).flatten() for n in start]) for c in range(len(data))]
     for move in moves:  # lr 1: the step is the noise over B
