@@ -8,7 +8,8 @@ global model, in the same invocation, on the same device:
 - ``sequential``: Opacus' ``GradSampleModule`` and ``DPOptimizer``, one client after another
   (what :class:`~fedlab.training.local.LocalTrainer` runs), through fedlab's ``train_step``;
 - ``cohort``: :class:`~fedlab.training.cohort.CohortTrainer`, every client at once (per-layer
-  batched per-example gradients; ghost-norm clipping for linear layers).
+  batched per-example gradients; ghost-norm clipping for linear layers);
+- ``plain_sequential``: the same steps without DP (plain PyTorch SGD), one client after another.
 
 ``client_steps_per_s`` counts one optimizer step of one client; ``ratio_cohort_over_sequential``
 above 1 means the cohort trainer is faster. Each figure is the best of ``--repeats`` runs after a
@@ -77,15 +78,21 @@ def poisson_plan(clients: int, examples: int, steps: int) -> list[list[torch.Ten
 
 
 def run_sequential(
-    kind: str, data: Sequence[tuple[torch.Tensor, torch.Tensor]], plan: list[list[torch.Tensor]]
+    kind: str,
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    plan: list[list[torch.Tensor]],
+    private: bool = True,
 ) -> float:
     device = data[0][0].device
     model = build_model(kind, feature_shape=SHAPE, num_classes=10, seed=0).to(device)
-    net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    optimizer = DPOptimizer(
-        torch.optim.SGD(model.parameters(), lr=LR), noise_multiplier=NOISE, max_grad_norm=CLIP,
-        expected_batch_size=BATCH, loss_reduction="mean",
-    )  # fmt: skip
+    net: torch.nn.Module = model
+    optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    if private:
+        net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        optimizer = DPOptimizer(
+            optimizer, noise_multiplier=NOISE, max_grad_norm=CLIP, expected_batch_size=BATCH,
+            loss_reduction="mean",
+        )  # fmt: skip
     started = time.perf_counter()
     for client, (x, y) in enumerate(data):
         for row in plan:
@@ -132,6 +139,7 @@ def measure(kind: str, clients: int, args: argparse.Namespace, device: torch.dev
     data = cohort_data(clients, args.examples, device)
     plan = poisson_plan(clients, args.examples, args.steps)
     sequential = best_of(lambda: run_sequential(kind, data, plan), args.repeats)
+    plain = best_of(lambda: run_sequential(kind, data, plan, private=False), args.repeats)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cohort = best_of(lambda: run_cohort(kind, data, plan), args.repeats)
@@ -152,7 +160,9 @@ def measure(kind: str, clients: int, args: argparse.Namespace, device: torch.dev
         "cpus": os.cpu_count(),
         "sequential_client_steps_per_s": round(steps / sequential, 1),
         "cohort_client_steps_per_s": round(steps / cohort, 1),
+        "plain_sequential_client_steps_per_s": round(steps / plain, 1),
         "ratio_cohort_over_sequential": round(sequential / cohort, 3),
+        "ratio_cohort_over_plain_sequential": round(plain / cohort, 3),
         "cohort_planned_mb": round(planned, 1),
         "cohort_cuda_peak_mb": None if peak is None else round(peak, 1),
     }

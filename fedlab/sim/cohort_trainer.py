@@ -37,6 +37,7 @@ from fedlab.sim.trainer import ClientOutcome
 from fedlab.training.accounting import epsilon_from_history, history_after_steps
 from fedlab.training.client_runtime import CalibrationKey, client_report, client_seed, dp_spec, optim_spec
 from fedlab.training.cohort import ClientNoise, CohortStep, CohortTrainer, cohort_step_from_batches
+from fedlab.training.cohort_layers import example_bytes
 from fedlab.training.device import resolve_device
 from fedlab.training.local import client_tensors
 from fedlab.training.randomness import RoundStreams, epoch_batches, start_streams
@@ -248,7 +249,7 @@ def client_bytes(model: nn.Sequential, feature_shape: tuple[int, ...], examples:
 
     Stacked parameters with optimizer state, gradient sums and noise (8 copies), the client's
     ``examples`` inputs, and per step, for a padded batch of up to twice the expected batch,
-    four copies of every layer's output and the per-example convolution gradients.
+    :func:`~fedlab.training.cohort_layers.example_bytes` per example.
 
     >>> from fedlab.training.models import build_model
     >>> model = build_model("logreg", feature_shape=(64,), num_classes=10)
@@ -256,16 +257,8 @@ def client_bytes(model: nn.Sequential, feature_shape: tuple[int, ...], examples:
     True
     """
     params = sum(p.numel() for p in model.parameters())
-    conv = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
-    first = next(model.parameters())
-    outputs = 0
-    with torch.no_grad():
-        h = torch.zeros((1, *feature_shape), dtype=first.dtype, device=first.device)
-        for layer in model:
-            h = layer(h)
-            outputs += h.numel()
     inputs = math.prod(feature_shape)
-    return 4 * (8 * params + examples * inputs + 2 * batch_size * (4 * outputs + conv))
+    return 4 * (8 * params + examples * inputs) + 2 * batch_size * example_bytes(model, feature_shape)
 
 
 def free_memory(device: torch.device) -> int:

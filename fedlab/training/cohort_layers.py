@@ -55,6 +55,27 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
+def example_bytes(model: nn.Sequential, feature_shape: tuple[int, ...]) -> int:
+    """A generous estimate of what one example costs in :func:`cohort_grads`, in bytes (float32).
+
+    Four copies of every layer's output, each convolution's unfolded input and its per-example
+    weight gradient.
+
+    >>> example_bytes(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (4,)) == 4 * 4 * (4 + 2)
+    True
+    """
+    first = next(model.parameters())
+    floats = 0
+    with torch.no_grad():
+        h = torch.zeros((1, *feature_shape), dtype=first.dtype, device=first.device)
+        for layer in model:
+            if isinstance(layer, nn.Conv2d):
+                floats += layer.weight.numel() + layer.weight[0].numel() * h[0, 0].numel()
+            h = layer(h)
+            floats += 4 * h.numel()
+    return 4 * floats
+
+
 def _layer_problem(layer: nn.Module) -> str:
     if isinstance(layer, nn.Linear | nn.Conv2d) and layer.bias is None:
         return f"is a {type(layer).__name__} without bias"

@@ -85,8 +85,9 @@ def sequential(
     ids=["sgd-momentum", "adam"],
 )
 @pytest.mark.parametrize("private", [True, False], ids=["dpsgd", "plain"])
+@pytest.mark.parametrize("pass_bytes", [None, 1], ids=["one-pass", "client-by-client"])
 def test_noiseless_cohort_updates_equal_the_sequential_opacus_updates(
-    kind: str, optim: OptimSpec, private: bool
+    kind: str, optim: OptimSpec, private: bool, pass_bytes: int | None
 ):
     dp = DpSgdSpec(noise_multiplier=0.0, max_grad_norm=0.5, delta=1e-5, accountant="rdp") if private else None
     data = client_data(0, torch.float64)  # float64: the comparison sees the step, not rounding
@@ -96,7 +97,9 @@ def test_noiseless_cohort_updates_equal_the_sequential_opacus_updates(
     model = build_model(kind, feature_shape=SHAPES[kind], num_classes=10, hidden=16, seed=3).double()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     trained = (
-        CohortTrainer(model, optim, dp).train(start, data, [cohort_step_from_batches(r) for r in plan]).params
+        CohortTrainer(model, optim, dp, pass_bytes=pass_bytes)
+        .train(start, data, [cohort_step_from_batches(r) for r in plan])
+        .params
     )
     names = [name for name, _ in model.named_parameters()]
     assert len(names) == len(expected[0])
