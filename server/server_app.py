@@ -1,7 +1,8 @@
 """ServerApp entry point for ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject.toml).
 
 The run config's ``config`` key names a fedlab TOML file relative to the app
-directory; ``overrides`` and ``out-dir`` are optional. Server randomness (DP noise, the
+directory; ``overrides``, ``out-dir`` and ``resume`` (with ``out-dir``: go on with that run
+after its last committed round) are optional. Server randomness (DP noise, the
 SecAgg+ graph seeds) is secret (``os.urandom``), as a deployment needs; ``fedlab simulate``
 builds its own seeded settings instead.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 from flwr.app import Context
 
 from fedlab.cli.plots import write_run_plots
-from fedlab.flower.app_config import config_from_run_config, run_dir_from_run_config
+from fedlab.flower.app_config import config_from_run_config, resume_from_run_config, run_dir_from_run_config
 from fedlab.flower.server import ServerSettings, make_server_app
 
 APP_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,11 @@ def settings_from_context(context: Context) -> ServerSettings:
     run_dir = run_dir_from_run_config(context.run_config, config)
     # A real deployment: server noise and SecAgg+ graph seeds from os.urandom, never the run seed.
     return ServerSettings(
-        config=config, run_dir=run_dir, min_nodes=config.data.num_clients, secure_noise=True
+        config=config,
+        run_dir=run_dir,
+        min_nodes=config.data.num_clients,
+        secure_noise=True,
+        resume=resume_from_run_config(context.run_config),
     )
 
 

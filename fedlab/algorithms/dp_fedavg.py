@@ -28,14 +28,18 @@ secure aggregation and distributed DP against it), nor a server that skips the n
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
+from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
+from fedlab.core.checkpoint import Checkpoint
+from fedlab.core.errors import LedgerError
 from fedlab.core.reports import TrainReport
 from fedlab.privacy.accountants import RepeatedEventAccountant
 from fedlab.privacy.adaptive_clipping import (
@@ -156,6 +160,7 @@ def run_dp_fedavg(
     settings: DpFedAvgSettings,
     noise_rng: RandomStream,
     sample_rng: RandomStream,
+    resume: Checkpoint | None = None,
 ) -> DpFedAvgOutcome:
     """Run user-level DP-FedAvg; stop early, cleanly, if the next round would exceed the budget.
 
@@ -172,19 +177,29 @@ def run_dp_fedavg(
         sample_rng: The stream each round's Poisson cohort is drawn from (deployment: secret,
             so that who took part cannot be predicted from the config; amplification by
             sampling assumes it).
+        resume: Continue after this checkpoint's round: its weights, clip norm and generator
+            states; the accountant composes one round event per round already released.
 
     Returns:
         The final weights, rounds completed, epsilon spent and why the run stopped.
     """
-    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    start = LoopStart.of(resume, initial_weights)
+    weights = start.weights
     shapes = [tuple(w.shape) for w in weights]
-    epsilon = 0.0
-    clip = settings.adaptive.clip_norm if settings.adaptive else settings.clip_norm
     adaptive = settings.adaptive
+    clip = adaptive.clip_norm if adaptive else settings.clip_norm
+    if adaptive is not None and start.done:
+        adaptive = replace(adaptive, clip_norm=_positive(start.value("clip")))
+        clip = adaptive.clip_norm
+    restore_stream(sample_rng, start.value("sampling"))
+    restore_stream(noise_rng, start.value("noise"))
     round_event = settings.round_event()
     spent = RepeatedEventAccountant(round_event, accountant=settings.accountant)
+    for _ in range(start.done):  # every round released one event
+        spent.compose(round_event)
+    epsilon = spent.epsilon(delta=settings.delta) if start.done else 0.0
     recorder.start()
-    for round_num in range(1, settings.rounds + 1):
+    for round_num in range(start.first, settings.rounds + 1):
         # Every earlier round released one event; would this one take epsilon over the budget?
         maximum = settings.max_epsilon
         if maximum is not None and spent.would_exceed(round_event, max_epsilon=maximum, delta=settings.delta):
@@ -248,5 +263,13 @@ def run_dp_fedavg(
                     epsilon=epsilon,
                 )
             ],
+            state={"sampling": stream_state(sample_rng), "noise": stream_state(noise_rng), "clip": clip},
         )
     return DpFedAvgOutcome(weights, settings.rounds, epsilon, "completed all rounds")
+
+
+def _positive(value: object) -> float:
+    """A resumed clip norm: a finite float > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < math.inf:
+        raise LedgerError(f"checkpoint: clip norm {value!r} is not finite and > 0")
+    return float(value)

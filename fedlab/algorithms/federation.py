@@ -12,12 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from fedlab.algorithms.fedavg import apply_fedavg
+from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
+from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.privacy.ledger import FederationSpend
@@ -75,8 +77,13 @@ class RoundRecorder(Protocol):
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
         federation: Sequence[FederationSpend] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> RoundMetrics:
-        """Commit the spending of ``reports`` (and the server's own releases), then release ``weights``."""
+        """Commit the spending of ``reports`` (and the server's own releases), then release ``weights``.
+
+        ``state`` is the loop's state after the round (JSON), committed with the spending so
+        that a resumed run goes on from it (:class:`~fedlab.algorithms.resume.LoopStart`).
+        """
         ...
 
 
@@ -135,6 +142,7 @@ def run_fedavg(
     initial_weights: Sequence[np.ndarray],
     settings: FedAvgSettings,
     sampler: Sampler | None = None,
+    resume: Checkpoint | None = None,
 ) -> list[np.ndarray]:
     """Run federated averaging of client deltas for ``settings.rounds`` rounds.
 
@@ -146,16 +154,19 @@ def run_fedavg(
 
     ``sampler`` replaces the default draw over ``transport.available_clients()``; a
     simulator with millions of clients samples by index instead of listing them, and
-    must draw the same clients from the same generator state.
+    must draw the same clients from the same generator state. ``resume`` continues a run after
+    its last committed round, from that round's weights and sampling state.
 
     Returns:
         The final global weights.
     """
     draw = sampler or (lambda _round, rng: settings.sample(transport.available_clients(), rng))
+    start = LoopStart.of(resume, initial_weights)
     rng = np.random.default_rng([settings.seed, 1])
-    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    restore_stream(rng, start.value("sampling"))
+    weights = start.weights
     recorder.start()
-    for round_num in range(1, settings.rounds + 1):
+    for round_num in range(start.first, settings.rounds + 1):
         started = time.perf_counter()
         sampled = draw(round_num, rng)
         plan = RoundPlan(
@@ -170,5 +181,6 @@ def run_fedavg(
             replies.reports,
             seconds=time.perf_counter() - started,
             extra={"failures": len(replies.failures), **replies.extra},
+            state={"sampling": stream_state(rng)},
         )
     return weights

@@ -25,6 +25,7 @@ from fedlab.algorithms.secure_fedavg import (
     fixed_point_codec,
 )
 from fedlab.algorithms.secure_loop import run_secure_fedavg
+from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError
 from fedlab.privacy.adaptive_clipping import AdaptiveClipState
@@ -217,6 +218,7 @@ def run_configured(
     initial_weights: Sequence[np.ndarray],
     num_clients: int,
     secure_noise: bool = False,
+    resume: Checkpoint | None = None,
 ) -> RunOutcome:
     """Run the round loop the config asks for (FedAvg, user-level DP-FedAvg, or secure aggregation).
 
@@ -235,6 +237,8 @@ def run_configured(
         secure_noise: Draw the server's client sampling, DP noise, SecAgg+ graph seeds and
             noise top-up from secret streams keyed by ``os.urandom`` (deployment) instead of
             streams seeded by the run seed (reproducible simulation); see :func:`server_randomness`.
+        resume: Continue a run after the round of this checkpoint (the recorder's
+            :attr:`~fedlab.training.recorder.RunRecorder.resumed`); None starts at round 1.
 
     Raises:
         ConfigError: If secure aggregation is enabled but the transport cannot run its stages.
@@ -251,6 +255,7 @@ def run_configured(
             settings=secure_settings(config, num_clients=num_clients, dim=dim),
             source=randomness.source,
             sample_rng=randomness.sampling,
+            resume=resume,
         )
         return RunOutcome(secure.weights, secure.stopped_because)
     if not hasattr(transport, "train"):
@@ -264,6 +269,7 @@ def run_configured(
             settings=central_settings(config, num_clients=num_clients),
             noise_rng=randomness.noise,
             sample_rng=randomness.sampling,
+            resume=resume,
         )
         return RunOutcome(outcome.weights, outcome.stopped_because)
     settings = FedAvgSettings(
@@ -278,5 +284,6 @@ def run_configured(
         initial_weights=initial_weights,
         settings=settings,
         sampler=index_sampler(transport, settings) if isinstance(transport, IndexSampling) else None,
+        resume=resume,
     )
     return RunOutcome(weights, "completed all rounds")

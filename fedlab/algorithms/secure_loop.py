@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedlab.algorithms.federation import RoundRecorder
+from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.secure_fedavg import SecureFedAvgSettings, SecureTransport, secure_round
+from fedlab.core.checkpoint import Checkpoint
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
 from fedlab.privacy.skellam import SkellamAccountant
@@ -41,6 +43,7 @@ def run_secure_fedavg(
     settings: SecureFedAvgSettings,
     source: RandomSource,
     sample_rng: RandomStream,
+    resume: Checkpoint | None = None,
 ) -> SecureFedAvgOutcome:
     """Run federated averaging under SecAgg+ (and distributed DP if ``settings.ddp``).
 
@@ -58,19 +61,28 @@ def run_secure_fedavg(
             seeded in simulation.
         sample_rng: Draws each round's cohort: a secret stream in deployment, so that nobody who
             knows the config can tell who took part; seeded in simulation.
+        resume: Continue after this checkpoint's round: its weights, generator states and counts
+            of released and aborted rounds (each released round composes one event per view).
 
     Returns:
         The final weights, rounds completed and aborted, epsilon spent and why the run stopped.
 
     """
-    weights = [np.asarray(w, dtype=np.float32) for w in initial_weights]
+    start = LoopStart.of(resume, initial_weights)
+    weights = start.weights
+    restore_stream(sample_rng, start.value("sampling"))
+    restore_stream(source, start.value("source"))
+    aborted = start.count("aborted")
     accountants = (
         {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
     )
-    epsilon: float | None = 0.0 if accountants else None
-    aborted = 0
+    for _ in range(start.done - aborted):
+        _compose_round(accountants, settings)
+    epsilon: float | None = None
+    if accountants:
+        epsilon = accountants[SERVER_VIEW].epsilon(delta=settings.delta) if start.done > aborted else 0.0
     recorder.start()
-    for round_num in range(1, settings.rounds + 1):
+    for round_num in range(start.first, settings.rounds + 1):
         reason = _budget_refusal(accountants, settings, round_num)
         if reason is not None:
             return SecureFedAvgOutcome(weights, round_num - 1, aborted, epsilon, reason)
@@ -97,6 +109,7 @@ def run_secure_fedavg(
             seconds=time.perf_counter() - started,
             extra=outcome.extra,
             federation=federation,
+            state={"sampling": stream_state(sample_rng), "source": stream_state(source), "aborted": aborted},
         )
     return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
 

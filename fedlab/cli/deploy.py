@@ -70,21 +70,39 @@ def server(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a run config key: section.key=value.")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", metavar="RUN_DIR", help="Go on with an interrupted run after its last round."
+        ),
+    ] = None,
 ) -> None:
     """Start the SuperLink (TLS, node authentication), register devices, run the federation."""
     from fedlab.flower.deploy import load_federation, run_server
+    from fedlab.training.run_resume import check_resumable
 
     console = Console()
     try:
         federation = load_federation(config, state_dir=state, overrides=overrides or [])
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         default = federation.deployment.state_dir / "runs" / f"{federation.config.run.name}-{stamp}"
-        run_dir = fresh_run_dir(federation.config, out if out is not None else default)
+        if resume is not None:
+            if out is not None:
+                fail("--resume and --out: a resumed run stays in its own directory", USER_ERROR)
+            run_dir = resume
+            done = check_resumable(resume, federation.config)
+        else:
+            run_dir = fresh_run_dir(federation.config, out if out is not None else default)
     except FedlabError as exc:
         fail(str(exc), USER_ERROR)
-    console.print(f"run directory: {run_dir}", highlight=False)
+    if resume is not None:
+        console.print(f"resuming {run_dir} after round {done}", highlight=False)
+    else:
+        console.print(f"run directory: {run_dir}", highlight=False)
     try:
-        result = run_server(federation, app_root=APP_ROOT, run_dir=run_dir, log=_echo(console))
+        result = run_server(
+            federation, app_root=APP_ROOT, run_dir=run_dir, log=_echo(console), resume=resume is not None
+        )
     except KeyboardInterrupt:
         fail("interrupted: the SuperLink was stopped", 130)
     except FedlabError as exc:

@@ -46,15 +46,33 @@ def _check_data(config: RunConfig) -> FederatedData:
 
 
 def _simulate(
-    config: RunConfig, run_dir: Path, observer: RoundObserver, data: FederatedData | None = None
+    config: RunConfig,
+    run_dir: Path,
+    observer: RoundObserver,
+    data: FederatedData | None = None,
+    *,
+    resume: bool = False,
 ) -> dict[str, Any]:
     if config.simulation.backend == "inline":
         from fedlab.sim.inline import simulate_inline
 
-        return simulate_inline(config, run_dir, observer, data=data)
+        return simulate_inline(config, run_dir, observer, data=data, resume=resume)
     from fedlab.flower.simulation import simulate_with_flower
 
-    return simulate_with_flower(config, run_dir, observer)
+    return simulate_with_flower(config, run_dir, observer, resume=resume)
+
+
+def _resumed_config(run_dir: Path, config_path: Path | None, overrides: list[str]) -> RunConfig:
+    """The config of a run to resume: CONFIG.toml if given, else the run's ``config.json``."""
+    from fedlab.core.config import config_from_dict
+    from fedlab.core.toml_input import apply_overrides
+    from fedlab.training.run_resume import stored_config
+
+    if not (run_dir / "ledger.sqlite").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no ledger.sqlite)")
+    if config_path is not None:
+        return load_config(config_path, overrides)
+    return config_from_dict(apply_overrides(stored_config(run_dir), overrides))
 
 
 def _per_client(epsilons: dict[str, float | None], *, shown: int = 12) -> str:
@@ -85,7 +103,9 @@ def _print_summary(console: Console, summary: Mapping[str, Any]) -> None:
 
 @app.command()
 def simulate(
-    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.toml", help="A fedlab TOML config.")],
+    config_path: Annotated[
+        Path | None, typer.Argument(metavar="CONFIG.toml", help="A fedlab TOML config.", show_default=False)
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
     ] = None,
@@ -97,19 +117,36 @@ def simulate(
         str | None,
         typer.Option("--backend", help="inline (fast, in-process) or flower (Ray); overrides the config."),
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_DIR",
+            help="Go on with an interrupted run after its last committed round (its config, unchanged).",
+        ),
+    ] = None,
 ) -> None:
     """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
     chosen = [f'simulation.backend="{backend}"'] if backend is not None else []
-    config = guarded(lambda: load_config(config_path, [*(overrides or []), *chosen]))
+    settings = [*(overrides or []), *chosen]
+    if resume is not None:
+        if out is not None:
+            fail("--resume and --out: a resumed run stays in its own directory")
+        config = guarded(lambda: _resumed_config(resume, config_path, settings))
+    elif config_path is None:
+        fail("missing CONFIG.toml (or --resume RUN_DIR)")
+    else:
+        path = config_path
+        config = guarded(lambda: load_config(path, settings))
     data = guarded(lambda: _check_data(config))
-    run_dir = guarded(lambda: fresh_run_dir(config, out))
+    run_dir = resume if resume is not None else guarded(lambda: fresh_run_dir(config, out))
     console = Console()
-    console.print(f"run directory: {run_dir}", highlight=False)
+    console.print(f"{'resuming' if resume else 'run directory:'} {run_dir}", highlight=False)
     from fedlab.cli.plots import write_run_plots
     from fedlab.cli.progress import RichRoundProgress
 
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
-    summary = guarded(lambda: _simulate(config, run_dir, observer, data))
+    summary = guarded(lambda: _simulate(config, run_dir, observer, data, resume=resume is not None))
     write_run_plots(run_dir)
     if not quiet:
         _print_summary(console, summary)

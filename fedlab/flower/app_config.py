@@ -2,7 +2,8 @@
 
 ``[tool.flwr.app.config]`` in pyproject.toml (or ``flwr run --run-config``) carries
 ``config`` (a fedlab TOML file, relative to the app directory), ``overrides``
-(``section.key=value`` items separated by ``;``) and ``out-dir``.
+(``section.key=value`` items separated by ``;``), ``out-dir`` and ``resume`` (go on with the run
+in ``out-dir`` after its last committed round).
 """
 
 from __future__ import annotations
@@ -45,3 +46,17 @@ def run_dir_from_run_config(run_config: Mapping[str, Any], config: RunConfig) ->
         return Path(out)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     return Path("runs") / f"{config.run.name}-{stamp}"
+
+
+def resume_from_run_config(run_config: Mapping[str, Any]) -> bool:
+    """Whether the run config asks to resume the run in ``out-dir`` (``resume = true``).
+
+    >>> resume_from_run_config({"resume": True, "out-dir": "runs/a"}), resume_from_run_config({})
+    (True, False)
+    """
+    value = run_config.get("resume", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"run config 'resume' must be true or false; got {value!r}")
+    if value and not _string(run_config, "out-dir"):
+        raise ConfigError("run config 'resume' needs 'out-dir': the run directory to go on with")
+    return value

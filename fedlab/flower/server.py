@@ -44,6 +44,9 @@ class ServerSettings:
         run_dir: Where the ledger, metrics, model and summary go.
         min_nodes: Nodes that must be connected before the first round.
         observer: Receives progress (a progress bar in the CLI).
+        secure_noise: Draw the server's randomness from secret streams (deployment).
+        resume: Go on with the run in ``run_dir`` after its last committed round; clients'
+            epsilons are then charged on their ledger histories (their context state is new).
 
     """
 
@@ -52,6 +55,7 @@ class ServerSettings:
     min_nodes: int
     observer: RoundObserver = field(default_factory=SilentObserver)
     secure_noise: bool = False
+    resume: bool = False
 
 
 def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
@@ -137,7 +141,9 @@ def train_messages(node_ids: Sequence[int], arrays: ArrayRecord, config: ConfigR
 def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     """Run every configured round against ``grid`` and return the run summary."""
     config = settings.config
-    setup = set_up_run(config, run_dir=settings.run_dir, observer=settings.observer)
+    setup = set_up_run(config, run_dir=settings.run_dir, observer=settings.observer, resume=settings.resume)
+    if settings.resume:
+        setup.recorder.account_from_ledger()
     nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
     clients = discover_clients(grid, nodes, timeout=config.server.timeout)
     transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
@@ -152,6 +158,7 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
         initial_weights=setup.initial_weights,
         num_clients=len(clients),
         secure_noise=settings.secure_noise,
+        resume=setup.recorder.resumed,
     )
     return setup.recorder.finish(stopped_because=outcome.stopped_because)
 

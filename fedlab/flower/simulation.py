@@ -18,6 +18,7 @@ from fedlab.core.metrics import RoundObserver
 from fedlab.flower.client import PartitionDataSource, make_client_app
 from fedlab.flower.server import ServerSettings, make_server_app
 from fedlab.training.recorder import SUMMARY_FILE
+from fedlab.training.run_resume import check_resumable
 
 
 def client_resources(config: RunConfig) -> dict[str, float]:
@@ -31,20 +32,25 @@ def _quiet_flower_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def simulate_with_flower(config: RunConfig, run_dir: Path, observer: RoundObserver) -> dict[str, Any]:
+def simulate_with_flower(
+    config: RunConfig, run_dir: Path, observer: RoundObserver, *, resume: bool = False
+) -> dict[str, Any]:
     """Run ``config`` with ``flwr.simulation.run_simulation`` and return the summary.
 
     Args:
         config: The validated run configuration.
-        run_dir: A fresh run directory.
+        run_dir: A fresh run directory (with ``resume``: the run's own).
         observer: Receives per-round progress.
+        resume: Go on with the run in ``run_dir`` after its last committed round.
 
     Raises:
         FedlabError: If the run ended without writing its summary.
 
     """
+    if resume:
+        check_resumable(run_dir, config)  # one line now, not a traceback inside the ServerApp
     settings = ServerSettings(
-        config=config, run_dir=run_dir, min_nodes=config.data.num_clients, observer=observer
+        config=config, run_dir=run_dir, min_nodes=config.data.num_clients, observer=observer, resume=resume
     )
 
     def settings_for(_: Context) -> ServerSettings:

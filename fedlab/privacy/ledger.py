@@ -13,6 +13,8 @@ Guarantees (tested, including by SIGKILL-ing a writer mid-transaction):
   that exists or is not ``last_round() + 1`` is refused and changes nothing. The
   check runs inside the write transaction, so concurrent writers cannot both win.
 - **Never overwritten.** :meth:`PrivacyLedger.create` refuses an existing path.
+- **Resumable.** A round may carry a checkpoint (:class:`~fedlab.core.checkpoint.Checkpoint`
+  bytes), written in the round's transaction; only the latest round's is kept.
 - **Checked on open.** :meth:`PrivacyLedger.open` refuses files that are not
   fedlab ledgers, and ledgers whose rounds are not contiguous or whose row counts
   disagree with what each round recorded.
@@ -47,9 +49,15 @@ __all__ = [
 ]
 
 _APPLICATION_ID = 0x46444C47  # "FDLG": marks the SQLite file as a fedlab privacy ledger
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+_CHECKPOINT_TABLE = """
+CREATE TABLE checkpoint (
+    round INTEGER PRIMARY KEY REFERENCES rounds(round),
+    state BLOB NOT NULL
+)"""
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -80,6 +88,8 @@ CREATE TABLE federation_spend (
     PRIMARY KEY (round, mechanism)
 );
 """
+    + _CHECKPOINT_TABLE
+)
 
 
 class PrivacyLedger:
@@ -163,7 +173,12 @@ class PrivacyLedger:
         return self._path
 
     def commit_round(
-        self, round_num: int, clients: Sequence[ClientSpend], federation: Sequence[FederationSpend] = ()
+        self,
+        round_num: int,
+        clients: Sequence[ClientSpend],
+        federation: Sequence[FederationSpend] = (),
+        *,
+        checkpoint: bytes | None = None,
     ) -> None:
         """Records one round atomically and durably.
 
@@ -175,6 +190,7 @@ class PrivacyLedger:
             round_num: Must be ``last_round() + 1``.
             clients: Each participating client's spend (distinct client ids).
             federation: Server-side releases this round (distinct mechanisms).
+            checkpoint: The run's state after this round; it replaces the previous round's.
 
         Raises:
             LedgerError: If the round is already committed or not the next one,
@@ -204,10 +220,25 @@ class PrivacyLedger:
                     for f in federation
                 ],
             )
+            conn.execute("DELETE FROM checkpoint")
+            if checkpoint is not None:
+                conn.execute("INSERT INTO checkpoint VALUES (?, ?)", (round_num, checkpoint))
 
     def last_round(self) -> int:
         """Returns the last committed round, 0 if none."""
         return _last_round(self._conn)
+
+    def checkpoint(self) -> bytes | None:
+        """Returns the checkpoint committed with the last round, or None if that round has none."""
+        row = self._conn.execute("SELECT round, state FROM checkpoint").fetchone()
+        return None if row is None or row[0] != self.last_round() else bytes(row[1])
+
+    def client_rows(self) -> Iterator[tuple[str, float, float, int]]:
+        """Yields every client row as ``(client_id, noise_multiplier, sample_rate, steps)``, by round."""
+        yield from self._conn.execute(
+            "SELECT client_id, noise_multiplier, sample_rate, steps FROM client_spend"
+            " ORDER BY round, client_id"
+        )
 
     def rounds(self) -> list[RoundRecord]:
         """Returns every committed round, in order."""
@@ -363,7 +394,12 @@ def _check_ledger(conn: sqlite3.Connection, path: Path) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if app_id != _APPLICATION_ID:
             raise LedgerError(f"not a fedlab privacy ledger: {path}")
-        if version != _SCHEMA_VERSION:
+        if version == 1:  # before checkpoints: add the (empty) table
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_CHECKPOINT_TABLE)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        elif version != _SCHEMA_VERSION:
             raise LedgerError(f"unsupported privacy ledger version {version} in {path}")
         problem = _inconsistency(conn)
         if problem is None:

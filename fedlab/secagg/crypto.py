@@ -265,16 +265,53 @@ def _keystream_into(seed: bytes, zeros: bytes, out: npt.NDArray[np.uint32]) -> N
         raise ValueError(f"keystream wrote {written} of {len(zeros)} bytes")
 
 
-def seeded_source(seed: bytes) -> RandomSource:
-    """Return a deterministic :data:`RandomSource` (a ChaCha20 keystream keyed by SHA-256 of ``seed``).
+class SeededSource:
+    """A deterministic :data:`RandomSource`: the ChaCha20 keystream keyed by SHA-256 of ``seed``.
 
     For tests, simulations and reproducible benchmarks only: in deployment pass ``os.urandom``,
-    since anyone who knows ``seed`` knows every key and mask drawn from it.
+    since anyone who knows ``seed`` knows every key and mask drawn from it. ``position`` counts
+    the bytes drawn; :meth:`seek` goes back to any position (a resumed simulation).
+
+    >>> a, b = SeededSource(b"s"), SeededSource(b"s")
+    >>> a(8) == b(8), a(8) == a(8)
+    (True, False)
+    >>> c = SeededSource(b"s"); c.seek(16); c(8) == SeededSource(b"s")(24)[16:]
+    True
+    """
+
+    def __init__(self, seed: bytes) -> None:
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(seed)
+        self._key = digest.finalize()
+        self._position = 0
+        self._encryptor = _chacha20(self._key)
+
+    @property
+    def position(self) -> int:
+        """How many bytes have been drawn."""
+        return self._position
+
+    def seek(self, position: int) -> None:
+        """Continue the keystream at byte ``position``."""
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < 1 << 70:
+            raise ValueError(f"position must be an integer in [0, 2^70), got {position!r}")
+        block, offset = divmod(position, 64)
+        nonce = block.to_bytes(8, "little") + bytes(8)  # a 64-bit block counter, then a zero nonce
+        self._encryptor = Cipher(algorithms.ChaCha20(self._key, nonce), mode=None).encryptor()
+        self._encryptor.update(bytes(offset))
+        self._position = position
+
+    def __call__(self, size: int) -> bytes:
+        """The next ``size`` bytes of the keystream."""
+        self._position += size
+        return self._encryptor.update(bytes(size))
+
+
+def seeded_source(seed: bytes) -> SeededSource:
+    """Return a deterministic :data:`RandomSource` (a :class:`SeededSource` keyed by ``seed``).
 
     >>> a, b = seeded_source(b"s"), seeded_source(b"s")
     >>> a(8) == b(8), a(8) == a(8)
     (True, False)
     """
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(seed)
-    return _keystream(digest.finalize())
+    return SeededSource(seed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -109,10 +109,11 @@ class TappedRecorder:
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
         federation: Sequence[FederationSpend] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> RoundMetrics:
         """Commit and release through the inner recorder, then show the round to the tap."""
         metrics = self._inner.release_round(
-            round_num, weights, reports, seconds=seconds, extra=extra, federation=federation
+            round_num, weights, reports, seconds=seconds, extra=extra, federation=federation, state=state
         )
         self._tap(round_num, weights, reports)
         return metrics

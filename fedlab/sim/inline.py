@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,10 @@ class HistoryStore:
         if history:
             self._histories[client_id] = history
 
+    def replace_all(self, histories: Mapping[str, tuple[GaussianEvent, ...]]) -> None:
+        """Take every client's history from ``histories`` (a resumed run's ledger)."""
+        self._histories = {cid: h for cid, h in histories.items() if h}
+
 
 class InlineTransport:
     """Samples, times and trains a round's clients in worker processes or in this one.
@@ -111,6 +115,18 @@ class InlineTransport:
         self._clock = 0.0
         self._available = data.num_clients
         self._round_started_at = time.time()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The simulated device clock after the last round (histories are the ledger's rows)."""
+        return {"clock": self._clock}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Go on from a resumed run's clock."""
+        self._clock = float(state["clock"])
+
+    def restore_histories(self, histories: Mapping[str, tuple[GaussianEvent, ...]]) -> None:
+        """Take the clients' accountant histories of a resumed run."""
+        self._histories.replace_all(histories)
 
     def _pool_index(self, round_num: int) -> int | NDArray[np.int64]:
         available = self._profiles.available(
@@ -214,6 +230,7 @@ def simulate_inline(
     wait_for_workers: bool = False,
     data: FederatedData | None = None,
     hooks: InlineHooks | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` with the inline backend and return the run summary.
 
@@ -228,12 +245,14 @@ def simulate_inline(
             ``config.run.seed`` (the CLI does, to check it); built here otherwise.
         hooks: An audit's extra clients and view of each release (code only; see
             :mod:`fedlab.sim.hooks`).
+        resume: Go on with the run in ``run_dir`` after its last committed round (``config`` must
+            be the run's): the same final model and epsilons as a run that was never interrupted.
     """
     torch.set_num_threads(1)  # one thread per training process, as each worker
     if data is None:
         data = build_federated_data(config.data, seed=config.run.seed)
     config = resolve_trainer(config, _fresh_model(config, data))  # before anything is written
-    setup = set_up_run(config, run_dir=run_dir, observer=observer, data=data)
+    setup = set_up_run(config, run_dir=run_dir, observer=observer, data=data, resume=resume)
     data = setup.data
     workers = worker_count(config)
     pool = WorkerPool(config, data, workers) if workers >= 2 else None
@@ -250,6 +269,9 @@ def simulate_inline(
                 config.simulation, num_clients=data.num_clients, seed=config.run.seed
             ),
         )
+        setup.recorder.track("transport", transport)
+        if setup.recorder.resumed is not None:
+            transport.restore_histories(setup.recorder.client_histories())
         stopped = _run_rounds(
             config, transport, setup.recorder, setup.initial_weights, data.num_clients, hooks or InlineHooks()
         )
@@ -286,6 +308,7 @@ def _run_rounds(
         initial_weights=initial_weights,
         num_clients=num_clients,
         secure_noise=hooks.secure_server,
+        resume=recorder.resumed,
     )
     return outcome.stopped_because
 

@@ -8,7 +8,11 @@ simulator use it the same way. For each round it
    metrics line and the model file, and tells the observer.
 
 A crash between 1 and 2 loses a release, never a spend: the ledger may hold a round
-whose model was never written, but never a released model whose spending is missing.
+whose model was never written, but never a released model whose spending is missing. With the
+spending, step 1 commits a :class:`~fedlab.core.checkpoint.Checkpoint` (the round's weights and
+metrics line, the loop's state, the tracked parts' states), so a recorder opened with
+``resume=True`` (:mod:`fedlab.training.run_resume`) writes that release again and the run goes on
+after the round.
 
 Under user-level DP (``dp.mode`` central or distributed) the run directory must not tell who
 took part: the epsilon covers the released models, not a record of participation. Unless
@@ -26,19 +30,24 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.clients import client_sort_key
 from fedlab.core.config import RunConfig
+from fedlab.core.errors import LedgerError
 from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
 from fedlab.core.reports import TrainReport
 from fedlab.data.types import ArrayDataset
+from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import ClientSpend, FederationSpend, PrivacyLedger
+from fedlab.training.accounting import epsilon_from_history, history_after_steps
 from fedlab.training.local import evaluate
 from fedlab.training.models import set_weights
+from fedlab.training.run_resume import histories_from_rows, open_for_resume, repair_metrics
 
 LEDGER_FILE = "ledger.sqlite"
 METRICS_FILE = "metrics.jsonl"
@@ -77,15 +86,33 @@ extra values under user-level DP (the noised ``fraction_clipped``, public settin
 effect the released model shows anyway)."""
 
 
+class Resumable(Protocol):
+    """A part of a run whose state goes into each round's checkpoint (e.g. a simulator's clock)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The part's state after the round (JSON)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back a state from :meth:`state_dict`."""
+        ...
+
+
 class RunRecorder:
     """Keeps a run directory: ledger, metrics, model and summary.
 
     Args:
-        run_dir: The run's directory (created; must not already hold a ledger).
-        config: The validated run configuration.
+        run_dir: The run's directory (created; must not already hold a ledger), or with
+            ``resume`` the directory of the run to go on with.
+        config: The validated run configuration (with ``resume``: the run's own).
         model: A model of the run's architecture, used for central evaluation.
         test_set: The held-out central test set.
         observer: Receives each released round (progress bar, logs).
+        resume: Reopen the run in ``run_dir`` after its last committed round (:attr:`resumed`).
+
+    Raises:
+        ConfigError: With ``resume``, if ``config`` differs from the run's.
+        LedgerError: With ``resume``, if the ledger or its checkpoint cannot be used.
 
     """
 
@@ -97,24 +124,86 @@ class RunRecorder:
         model: torch.nn.Module,
         test_set: ArrayDataset,
         observer: RoundObserver,
+        resume: bool = False,
     ) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self._config = config
         self._model = model
         self._test = test_set
         self._observer = observer
-        config_json = json.dumps(config.to_dict(), sort_keys=True)
-        (run_dir / CONFIG_FILE).write_text(config_json, encoding="utf-8")
-        self._ledger = PrivacyLedger.create(
-            run_dir / LEDGER_FILE, run_name=config.run.name, delta=config.dp.delta, config_json=config_json
-        )
         self._epsilons: dict[str, float] = {}
         self._hide_participation = config.dp.user_level and not config.dp.record_participation
         self._user_epsilons: dict[str, float] = {}
         self._noise_multiplier = 0.0
         self._history: list[RoundMetrics] = []
+        self._parts: dict[str, Resumable] = {}
+        self._ledger_histories: dict[str, tuple[GaussianEvent, ...]] | None = None
+        self._seconds_before = 0.0
         self._started = time.perf_counter()
+        self.resumed: Checkpoint | None = None
+        """A resumed run's checkpoint of its last committed round (None: fresh, or none committed)."""
+        if resume:
+            self._ledger, self.resumed = open_for_resume(run_dir, config, LEDGER_FILE)
+            self._restore()
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_json = json.dumps(config.to_dict(), sort_keys=True)
+        (run_dir / CONFIG_FILE).write_text(config_json, encoding="utf-8")
+        self._ledger = PrivacyLedger.create(
+            run_dir / LEDGER_FILE, run_name=config.run.name, delta=config.dp.delta, config_json=config_json
+        )
+
+    def _restore(self) -> None:
+        """Take back the committed rounds: epsilons from the ledger, the last release from its checkpoint."""
+        self._epsilons = {c.client_id: c.epsilon for c in self._ledger.client_totals()}
+        self._user_epsilons = {f.mechanism: f.epsilon for f in self._ledger.federation_totals()}
+        self._history = repair_metrics(self.run_dir / METRICS_FILE, self.resumed)
+        if self.resumed is not None:
+            own = self.resumed.state.get("recorder", {})
+            self._noise_multiplier = float(own.get("noise_multiplier", 0.0))
+            self._seconds_before = float(own.get("seconds", 0.0))
+            _save_model_atomically(self.run_dir / MODEL_FILE, self.resumed.weights)
+
+    def track(self, name: str, part: Resumable) -> None:
+        """Commit ``part``'s state with every round; on a resumed run, give it back its state first.
+
+        Raises:
+            LedgerError: If the resumed checkpoint holds no state for ``name``.
+        """
+        if self.resumed is not None:
+            parts = self.resumed.state.get("parts", {})
+            if name not in parts:
+                raise LedgerError(f"checkpoint: no state of {name!r}")
+            part.load_state_dict(parts[name])
+        self._parts[name] = part
+
+    def client_histories(self) -> dict[str, tuple[GaussianEvent, ...]]:
+        """Each client's DP-SGD accountant history as committed in the ledger (empty on a fresh run)."""
+        return histories_from_rows(self._ledger.client_rows())
+
+    def account_from_ledger(self) -> None:
+        """From now on, charge each report's epsilon on the client's committed ledger history.
+
+        For clients whose own history did not survive the interruption (a Flower ClientApp keeps it
+        in its context state, which a new run starts empty): a report then counts at least the
+        epsilon of every round the ledger holds for that client plus this round's steps.
+        """
+        self._ledger_histories = self.client_histories()
+
+    def _charged(self, report: TrainReport) -> TrainReport:
+        """``report`` with its epsilon raised to what its ledger history plus this round give."""
+        if self._ledger_histories is None or report.noise_multiplier <= 0.0:
+            return report
+        history = history_after_steps(
+            self._ledger_histories.get(report.client_id, ()),
+            noise_multiplier=report.noise_multiplier,
+            sample_rate=report.sample_rate,
+            steps=report.steps,
+        )
+        self._ledger_histories[report.client_id] = history
+        dp = self._config.dp
+        epsilon = epsilon_from_history(history, delta=dp.delta, accountant=dp.resolved_accountant)
+        return dataclasses.replace(report, epsilon=max(report.epsilon, epsilon))
 
     def start(self) -> None:
         """Tell the observer the run begins."""
@@ -129,14 +218,16 @@ class RunRecorder:
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
         federation: Sequence[FederationSpend] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> RoundMetrics:
-        """Commit the round's privacy spending, then release and record its model.
+        """Commit the round's privacy spending and checkpoint, then release and record its model.
 
         ``federation`` holds the server's own releases this round (user-level DP); its
         epsilon is every client's user-level epsilon, so it is what ``epsilon_max`` and
-        ``epsilon_mean`` report under central DP.
+        ``epsilon_mean`` report under central DP. ``state`` is the round loop's state after the
+        round, committed in the checkpoint.
         """
-        self._commit_spending(round_num, reports, federation)
+        reports = [self._charged(r) for r in reports]
         self._note_noise(reports, federation)
         for r in reports:
             self._epsilons[r.client_id] = max(r.epsilon, self._epsilons.get(r.client_id, 0.0))
@@ -146,12 +237,28 @@ class RunRecorder:
         loss, accuracy = evaluate(
             self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
         )
-        _save_model_atomically(self.run_dir / MODEL_FILE, weights)
         metrics = self._round_metrics(round_num, loss, accuracy, reports, seconds, extra or {})
-        append_metrics(self.run_dir / METRICS_FILE, self._for_run_dir(metrics))
+        written = self._for_run_dir(metrics)
+        checkpoint = Checkpoint(
+            round_num=round_num,
+            weights=tuple(np.asarray(w, dtype=np.float32) for w in weights),
+            state={
+                "loop": dict(state or {}),
+                "parts": {name: part.state_dict() for name, part in self._parts.items()},
+                "metrics": json.loads(written.to_json()),
+                "recorder": {"noise_multiplier": self._noise_multiplier, "seconds": self._seconds()},
+            },
+        )
+        self._commit_spending(round_num, reports, federation, checkpoint.to_bytes())
+        _save_model_atomically(self.run_dir / MODEL_FILE, weights)
+        append_metrics(self.run_dir / METRICS_FILE, written)
         self._history.append(metrics)
         self._observer.on_round(metrics)
         return metrics
+
+    def _seconds(self) -> float:
+        """Seconds the run has taken, over every resumption."""
+        return self._seconds_before + time.perf_counter() - self._started
 
     def _user_epsilon(self) -> float:
         """The user-level epsilon: the largest over the server's mechanisms (0 before any release)."""
@@ -172,7 +279,11 @@ class RunRecorder:
             self._noise_multiplier = float(np.mean([r.noise_multiplier for r in reports]))
 
     def _commit_spending(
-        self, round_num: int, reports: Sequence[TrainReport], federation: Sequence[FederationSpend]
+        self,
+        round_num: int,
+        reports: Sequence[TrainReport],
+        federation: Sequence[FederationSpend],
+        checkpoint: bytes,
     ) -> None:
         spends = [
             ClientSpend(
@@ -184,7 +295,7 @@ class RunRecorder:
             )
             for r in ([] if self._hide_participation else reports)
         ]
-        self._ledger.commit_round(round_num, spends, federation)
+        self._ledger.commit_round(round_num, spends, federation, checkpoint=checkpoint)
 
     def _round_metrics(
         self,
@@ -248,7 +359,7 @@ class RunRecorder:
             "noise_multiplier": self._noise_multiplier,
             "delta": self._config.dp.delta if self._config.dp.enabled else None,
             **self._epsilon_summary(),
-            "seconds": time.perf_counter() - self._started,
+            "seconds": self._seconds(),
             "run_dir": str(self.run_dir),
         }
         _write_json_atomically(self.run_dir / SUMMARY_FILE, summary)

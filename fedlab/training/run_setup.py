@@ -40,7 +40,12 @@ class RunSetup:
 
 
 def set_up_run(
-    config: RunConfig, *, run_dir: Path, observer: RoundObserver, data: FederatedData | None = None
+    config: RunConfig,
+    *,
+    run_dir: Path,
+    observer: RoundObserver,
+    data: FederatedData | None = None,
+    resume: bool = False,
 ) -> RunSetup:
     """Build the run's data (unless given), its initial model and its recorder in ``run_dir``.
 
@@ -50,6 +55,12 @@ def set_up_run(
         observer: Receives per-round progress.
         data: The run's data if the caller already built it from ``config.data`` and
             ``config.run.seed``; built here otherwise.
+        resume: Reopen the run in ``run_dir`` after its last committed round (the recorder's
+            :attr:`~fedlab.training.recorder.RunRecorder.resumed` says where it goes on).
+
+    Raises:
+        ConfigError: With ``resume``, if ``config`` is not the run's.
+        LedgerError: With ``resume``, if the run cannot go on (no checkpoint, inconsistent ledger).
 
     Example:
         >>> import tempfile
@@ -72,5 +83,7 @@ def set_up_run(
         hidden=config.model.hidden,
         seed=config.run.seed,
     )
-    recorder = RunRecorder(run_dir=run_dir, config=config, model=model, test_set=data.test, observer=observer)
+    recorder = RunRecorder(
+        run_dir=run_dir, config=config, model=model, test_set=data.test, observer=observer, resume=resume
+    )
     return RunSetup(data, model, recorder, get_weights(model))

@@ -118,6 +118,7 @@ class MemoryRecorder:
         seconds: float,
         extra: Mapping[str, float | int | str] | None = None,
         federation: Sequence[FederationSpend] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> RoundMetrics:
         self.released.append(
             (round_num, [np.array(w) for w in weights], tuple(reports), dict(extra or {}), list(federation))

@@ -130,9 +130,9 @@ def _without_none(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _without_none(v) if isinstance(v, Mapping) else v for k, v in raw.items() if v is not None}
 
 
-def run_command(app_dir: Path, run_dir: Path) -> list[str]:
+def run_command(app_dir: Path, run_dir: Path, *, resume: bool = False) -> list[str]:
     """The ``flwr run`` command submitting the staged app with its config and run directory."""
-    run_config = f"config='{RUN_CONFIG_FILE}' overrides='' out-dir='{run_dir}'"
+    run_config = f"config='{RUN_CONFIG_FILE}' overrides='' out-dir='{run_dir}' resume={str(resume).lower()}"
     return [flower_bin("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config]
 
 
@@ -153,11 +153,13 @@ def run_server(
     log: LineSink,
     startup_timeout: float = 60.0,
     verbose: bool = False,
+    resume: bool = False,
 ) -> ServerResult:
     """Start the SuperLink, register devices, submit the run, stream it, stop everything.
 
     The SuperLink (and anything it spawned) is stopped by PID when the run ends, fails
-    or on Ctrl-C.
+    or on Ctrl-C. With ``resume`` the ServerApp goes on with the run in ``run_dir`` after its last
+    committed round.
     """
     d = federation.deployment
     state = d.state_dir
@@ -178,7 +180,7 @@ def run_server(
         app_dir = state / "app"
         stage_app(app_root, app_dir, federation.raw_config)
         run_dir = run_dir.resolve()
-        runner = start_process(run_command(app_dir, run_dir), env, cwd=state)
+        runner = start_process(run_command(app_dir, run_dir, resume=resume), env, cwd=state)
         run_log = file_sink(state / "run.log")
         pump = pump_lines(runner.stdout, [run_log, stream]) if runner.stdout else None
         done = threading.Event()
