@@ -1,8 +1,9 @@
-"""The same apps run under plain ``flwr run .`` (pyproject's [tool.flwr.app])."""
+"""The same apps run under plain ``flwr run .`` (pyproject's [tool.flwr.app]), and resume there."""
 
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .processes import kill_tree
+from fedlab.core.config import load_config
+from fedlab.core.metrics import SilentObserver
+from fedlab.sim.inline import simulate_inline
+
+from .processes import kill_tree, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,8 +29,17 @@ def processes_using(marker: str) -> list[psutil.Process]:
     return found
 
 
+def committed(run: Path) -> list[int]:
+    try:
+        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
+            return [r for (r,) in conn.execute("SELECT round FROM rounds ORDER BY round")]
+    except sqlite3.Error:
+        return []
+
+
 @pytest.mark.slow
-def test_flwr_run_dot_trains_with_the_fedlab_apps(tmp_path):
+def test_flwr_run_dot_trains_with_the_fedlab_apps_and_resumes_a_killed_run(tmp_path):
+    """The deployed ServerApp (secret server randomness): killed after round 2, resumed to round 4."""
     home = tmp_path / "flwr-home"
     out = tmp_path / "run"
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent))
@@ -35,26 +49,43 @@ def test_flwr_run_dot_trains_with_the_fedlab_apps(tmp_path):
         "FLWR_HOME": str(home),
         "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    command = [
-        flwr,
-        "run",
-        ".",
-        "--stream",
-        "--federation-config",
-        "num-supernodes=10 client-resources-num-cpus=1",
-        "--run-config",
-        f"overrides='run.rounds=2' out-dir='{out}'",
-    ]
+
+    def command(resume: bool) -> list[str]:
+        return [
+            flwr, "run", ".", "--stream",
+            "--federation-config", "num-supernodes=10 client-resources-num-cpus=1",
+            "--run-config", f"overrides='run.rounds=4' out-dir='{out}' resume={str(resume).lower()}",
+        ]  # fmt: skip
+
+    first = subprocess.Popen(
+        command(False), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        assert wait_until(lambda: len(committed(out)) >= 2 or first.poll() is not None, timeout=300)
+    finally:
+        first.kill()
+        for proc in processes_using(str(home)):  # the local SuperLink `flwr run` started, and its runs
+            kill_tree(proc.pid)
+    assert 2 <= len(committed(out)) < 4
     try:
         result = subprocess.run(
-            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False
+            command(True), cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False
         )
     finally:
-        for proc in processes_using(str(home)):  # the local SuperLink `flwr run` leaves behind
+        for proc in processes_using(str(home)):
             kill_tree(proc.pid)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert committed(out) == [1, 2, 3, 4], "contiguous rounds, none committed twice"
+    rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds_completed"] == 2
-    assert len(summary["client_epsilons"]) == 10
+    assert summary["rounds_completed"] == 4
     assert (out / "ledger.sqlite").exists() and (out / "plots" / "accuracy.png").exists()
     assert not processes_using(str(home))
+    # Each client's epsilon covers all four rounds (its ClientApp state did not survive the kill).
+    config = load_config(
+        REPO / "simulations" / "digits-dp.toml",
+        ['simulation.backend="inline"', "simulation.workers=0", "run.rounds=4"],
+    )
+    whole = simulate_inline(config, tmp_path / "inline", SilentObserver())
+    assert summary["client_epsilons"] == pytest.approx(whole["client_epsilons"], rel=1e-9)
