@@ -38,6 +38,7 @@ import numpy as np
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
+from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.errors import LedgerError
 from fedlab.core.reports import TrainReport
@@ -72,6 +73,7 @@ class DpFedAvgSettings:
         seed: Run seed (sampling; noise comes from the generator passed in).
         max_epsilon: Stop before a round that would raise epsilon above this.
         adaptive: Adaptive clipping settings, or None for a fixed clip norm.
+        max_examples: The largest example count a report may claim (a larger one is rejected).
     """
 
     rounds: int
@@ -84,6 +86,7 @@ class DpFedAvgSettings:
     seed: int
     max_epsilon: float | None = None
     adaptive: AdaptiveClipState | None = None
+    max_examples: int = 10_000_000
 
     @property
     def denominator(self) -> float:
@@ -111,22 +114,6 @@ class DpFedAvgOutcome:
     rounds_completed: int
     epsilon: float
     stopped_because: str
-
-
-def _accepted(
-    reports: Sequence[TrainReport], clip_norm: float, round_num: int
-) -> tuple[list[TrainReport], int]:
-    """Keep the reports whose update norm is within C; log and count the rejected ones."""
-    check = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=0.0)
-    kept: list[TrainReport] = []
-    for report in reports:
-        try:
-            check.check_bound(report.update)
-        except ValueError as exc:
-            LOG.warning("round %d: rejected client %s: %s", round_num, report.client_id, exc)
-            continue
-        kept.append(report)
-    return kept, len(reports) - len(kept)
 
 
 def _indicators(reports: Sequence[TrainReport], round_num: int) -> list[float]:
@@ -224,7 +211,8 @@ def run_dp_fedavg(
             },
         )
         replies = transport.train(plan, weights)
-        kept, rejected = _accepted(replies.reports, clip, round_num)
+        rules = UpdateRules.for_model(weights, max_norm=clip, max_examples=settings.max_examples)
+        kept, rejected = screen(replies.reports, rules, round_num)
         delta_mean = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
         weights = [
             (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
@@ -248,7 +236,8 @@ def run_dp_fedavg(
             seconds=time.perf_counter() - started,
             extra={
                 "failures": len(replies.failures),
-                "rejected": rejected,
+                "rejected": sum(rejected.values()),
+                **rejected,
                 "clip_norm": round_clip,
                 **private,
                 "noise_std": settings.update_noise_multiplier() * round_clip / settings.denominator,

@@ -16,10 +16,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from fedlab.algorithms.fedavg import apply_fedavg
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
+from fedlab.algorithms.robust import aggregate
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
+from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
+from fedlab.core.choices import AggregationKind
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.privacy.ledger import FederationSpend
@@ -92,13 +94,20 @@ class FedAvgSettings:
     """How many rounds, what fraction of clients per round, how they are drawn, the run seed.
 
     ``sampling`` is ``fraction`` (exactly that share of clients, uniformly) or
-    ``poisson`` (each client independently with probability ``fraction_train``).
+    ``poisson`` (each client independently with probability ``fraction_train``). Updates are
+    checked (:mod:`fedlab.algorithms.validation`, norm up to ``max_update_norm`` when set) and
+    combined by ``aggregation`` (:func:`fedlab.algorithms.robust.aggregate`).
     """
 
     rounds: int
     fraction_train: float
     seed: int
     sampling: str = "fraction"
+    aggregation: AggregationKind = AggregationKind.FEDAVG
+    trim_fraction: float = 0.1
+    norm_bound: float | None = None
+    max_update_norm: float | None = None
+    max_examples: int = 10_000_000
 
     def sample(self, client_ids: Sequence[str], rng: RandomStream) -> list[str]:
         """Draw one round's clients."""
@@ -165,6 +174,9 @@ def run_fedavg(
     rng = np.random.default_rng([settings.seed, 1])
     restore_stream(rng, start.value("sampling"))
     weights = start.weights
+    rules = UpdateRules.for_model(
+        weights, max_norm=settings.max_update_norm, max_examples=settings.max_examples
+    )
     recorder.start()
     for round_num in range(start.first, settings.rounds + 1):
         started = time.perf_counter()
@@ -173,14 +185,23 @@ def run_fedavg(
             round_num=round_num, client_ids=tuple(sampled), seed=round_seed(settings.seed, round_num)
         )
         replies = transport.train(plan, weights)
-        if replies.reports:
-            weights = apply_fedavg(weights, [r.update for r in replies.reports])
+        kept, rejected = screen(replies.reports, rules, round_num)
+        if kept:
+            weights = aggregate(
+                weights, [r.update for r in kept], kind=settings.aggregation,
+                trim_fraction=settings.trim_fraction, norm_bound=settings.norm_bound,
+            )  # fmt: skip
         recorder.release_round(
             round_num,
             weights,
-            replies.reports,
+            kept,
             seconds=time.perf_counter() - started,
-            extra={"failures": len(replies.failures), **replies.extra},
+            extra={
+                "failures": len(replies.failures),
+                "rejected": sum(rejected.values()),
+                **rejected,
+                **replies.extra,
+            },
             state={"sampling": stream_state(rng)},
         )
     return weights

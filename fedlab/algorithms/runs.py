@@ -136,6 +136,7 @@ def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings
         seed=config.run.seed,
         max_epsilon=dp.max_epsilon,
         adaptive=adaptive,
+        max_examples=config.server.max_examples,
     )
     try:
         settings.update_noise_multiplier()  # fails early if adaptive clipping is infeasible
@@ -171,6 +172,7 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
         num_clients=num_clients, bits=sa.bits, neighbours=sa.neighbours, threshold=sa.threshold,
         clip_range=sa.clip_range, min_survivors=sa.min_survivors, ddp=ddp, delta=dp.delta,
         max_epsilon=dp.max_epsilon, weight_cap=config.secure_weight_cap(),
+        max_examples=config.server.max_examples,
     )  # fmt: skip
 
 
@@ -272,12 +274,13 @@ def run_configured(
             resume=resume,
         )
         return RunOutcome(outcome.weights, outcome.stopped_because)
+    server = config.server
     settings = FedAvgSettings(
-        rounds=config.run.rounds,
-        fraction_train=config.server.fraction_train,
-        seed=config.run.seed,
-        sampling=config.client_sampling,
-    )
+        rounds=config.run.rounds, fraction_train=server.fraction_train, seed=config.run.seed,
+        sampling=config.client_sampling, aggregation=server.aggregation,
+        trim_fraction=server.trim_fraction, norm_bound=server.norm_bound,
+        max_update_norm=server.max_update_norm, max_examples=server.max_examples,
+    )  # fmt: skip
     weights = run_fedavg(
         transport=transport,
         recorder=recorder,

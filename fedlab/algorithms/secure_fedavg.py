@@ -72,6 +72,7 @@ from fedlab.algorithms.secure_messages import (
     StageReplies,
     StageRequest,
 )
+from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update, example_weight
@@ -143,6 +144,7 @@ class SecureFedAvgSettings:
         weight_cap: Plain SecAgg weighted by examples: each client scaled its delta by
             :func:`~fedlab.core.update.example_weight` with this cap; None averages the included
             clients uniformly.
+        max_examples: The largest example count a masked reply may claim (public metadata).
 
     """
 
@@ -160,6 +162,7 @@ class SecureFedAvgSettings:
     delta: float = 1e-5
     max_epsilon: float | None = None
     weight_cap: int | None = None
+    max_examples: int = 10_000_000
 
     @property
     def expected_cohort(self) -> float:
@@ -368,7 +371,9 @@ def _drive(
         )
         masked_msgs = {client_of[i]: MaskedInputMessage(d, encoding) for i, d in deliveries.items()}
         masked = stage(Stage.MASKED_INPUT, masked_msgs, MaskedReply)
-        masked_replies = [m for m in masked.values() if isinstance(m, MaskedReply)]
+        masked_replies = _valid_metadata(
+            [m for m in masked.values() if isinstance(m, MaskedReply)], client_of, settings, round_num, extra
+        )
         collected, requests = protocol.server_collect_masked(shared, [m.masked for m in masked_replies])
         if settings.ddp is not None and not noise_is_sufficient(len(collected.masked), settings.ddp):
             raise RoundAbortedError(
@@ -385,23 +390,44 @@ def _drive(
             where.name if isinstance(where, Stage) else "PROTOCOL", getattr(exc, "reason", str(exc))
         ) from None
     reports = tuple(
-        TrainReport(
-            client_id=client_of[m.masked.sender],
-            update=Update(
-                arrays=(),
-                num_examples=m.num_examples,
-                weight=example_weight(m.num_examples, settings.weight_cap),
-            ),
-            train_loss=math.nan,  # not reported under secure aggregation: it is per-client data
-            epsilon=m.epsilon,
-            noise_multiplier=m.noise_multiplier,
-            sample_rate=m.sample_rate,
-            steps=m.steps,
-        )
-        for m in masked_replies
-        if m.masked.sender in summed.included
+        _report(m, client_of, settings) for m in masked_replies if m.masked.sender in summed.included
     )
     return summed, summed.included, reports
+
+
+def _report(m: MaskedReply, client_of: Mapping[int, str], settings: SecureFedAvgSettings) -> TrainReport:
+    """A masked reply's public metadata as the client's report (no arrays: the server never sees them)."""
+    return TrainReport(
+        client_id=client_of[m.masked.sender],
+        update=Update(
+            arrays=(),
+            num_examples=m.num_examples,
+            weight=example_weight(m.num_examples, settings.weight_cap),
+        ),
+        train_loss=math.nan,  # not reported under secure aggregation: it is per-client data
+        epsilon=m.epsilon,
+        noise_multiplier=m.noise_multiplier,
+        sample_rate=m.sample_rate,
+        steps=m.steps,
+    )
+
+
+def _valid_metadata(
+    replies: Sequence[MaskedReply],
+    client_of: Mapping[int, str],
+    settings: SecureFedAvgSettings,
+    round_num: int,
+    extra: dict[str, float | int | str],
+) -> list[MaskedReply]:
+    """The masked replies whose public metadata is valid; the others drop out before unmasking."""
+    kept, counts = screen(
+        [_report(m, client_of, settings) for m in replies],
+        UpdateRules(shapes=(), max_examples=settings.max_examples),
+        round_num,
+    )
+    extra.update(counts)
+    valid = {r.client_id for r in kept}
+    return [m for m in replies if client_of[m.masked.sender] in valid]
 
 
 # ---- the loop ----------------------------------------------------------------------------------

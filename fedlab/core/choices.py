@@ -64,6 +64,19 @@ class AccountantKind(StrEnum):
     RDP = "rdp"
 
 
+class AggregationKind(StrEnum):
+    """How the server combines a round's updates (``server.aggregation``).
+
+    >>> AggregationKind("median") is AggregationKind.MEDIAN
+    True
+    """
+
+    FEDAVG = "fedavg"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed_mean"
+    NORM_BOUNDED = "norm_bounded"
+
+
 CLIENT_ACCOUNTANTS = (AccountantKind.RDP.value, AccountantKind.PRV.value)
 SERVER_ACCOUNTANTS = (AccountantKind.PLD.value, AccountantKind.PRV.value, AccountantKind.RDP.value)
 SAMPLING = ("auto", "fraction", "poisson")

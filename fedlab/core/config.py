@@ -25,7 +25,6 @@ from fedlab.core.choices import (
     MODELS,
     OPTIMIZERS,
     PARTITIONERS,
-    SAMPLING,
     SECAGG_WEIGHTINGS,
     SERVER_ACCOUNTANTS,
     TRAINERS,
@@ -38,6 +37,7 @@ from fedlab.core.choices import (
     check_type,
     config_error,
 )
+from fedlab.core.server_config import ServerSection, check_aggregation
 from fedlab.core.toml_input import apply_overrides as apply_overrides
 from fedlab.core.toml_input import read_toml as read_toml
 
@@ -222,26 +222,6 @@ class DpSection:
 
 
 @dataclass(frozen=True)
-class ServerSection:
-    """Server-side round settings.
-
-    ``fraction_train`` is the fraction of clients per round (``fraction``: exactly that many,
-    uniformly; ``poisson``: each client independently with that probability, as DP amplification
-    by sampling assumes). ``auto`` is ``poisson`` under user-level DP, ``fraction`` otherwise.
-    """
-
-    fraction_train: float = 1.0
-    sampling: str = "auto"
-    timeout: float = 600.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction_train <= 1.0:
-            raise config_error("server.fraction_train", f"must be in (0, 1]; got {self.fraction_train!r}")
-        check_choice("server.sampling", self.sampling, SAMPLING)
-        check_min("server.timeout", self.timeout, 0.0, inclusive=False)
-
-
-@dataclass(frozen=True)
 class SimulationSection:
     """How the simulation engine runs the virtual clients.
 
@@ -399,6 +379,7 @@ class RunConfig:
                 "dp.mode", "'central' adds noise on the server; with secagg.enabled use 'distributed'"
             )
         self._check_user_level_accounting()
+        check_aggregation(self.server, dp_mode=self.dp.mode, secure=self.secagg.enabled)
         if self.dp.mode == "distributed" and self.secagg.weighting == "examples":
             raise config_error(
                 "secagg.weighting",

@@ -10,6 +10,7 @@ Nothing here is reachable from a config: :func:`~fedlab.sim.inline.simulate_inli
 * ``on_release`` sees every round the server releases: the round, its global weights and the
   reports the server aggregated (each client's update, without secure aggregation).
 * ``secure_server``: the server draws its sampling and noise from secret streams, as deployed.
+* ``replies``: rewrites what clients send back (hostile clients, for robustness benchmarks).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.privacy.ledger import FederationSpend
 
 ReleaseTap = Callable[[int, Sequence[np.ndarray], Sequence[TrainReport]], None]
+ReplyTap = Callable[[RoundPlan, RoundReplies], RoundReplies]
+"""Rewrites a round's replies: ``(plan, replies) -> replies``."""
 """Called with each released round: ``(round_num, weights, reports)``."""
 
 
@@ -56,11 +59,30 @@ class InlineHooks:
         extra_clients: Clients added to the population (user-level DP runs only), or None.
         on_release: Sees every released round, or None.
         secure_server: The server's sampling and noise come from secret streams (deployment).
+        replies: Rewrites each round's replies before the server sees them (hostile clients
+            in a robustness benchmark), or None.
     """
 
     extra_clients: ExtraClients | None = None
     on_release: ReleaseTap | None = None
     secure_server: bool = False
+    replies: ReplyTap | None = None
+
+
+class RewrittenReplies:
+    """A transport whose replies pass through ``rewrite`` (hostile clients) before the server sees them."""
+
+    def __init__(self, inner: ClientTransport, rewrite: ReplyTap) -> None:
+        self._inner = inner
+        self._rewrite = rewrite
+
+    def available_clients(self) -> list[str]:
+        """The inner transport's clients."""
+        return self._inner.available_clients()
+
+    def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
+        """Train through the inner transport, then rewrite the replies."""
+        return self._rewrite(plan, self._inner.train(plan, weights))
 
 
 class WithExtraClients:

@@ -46,7 +46,7 @@ from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
 from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
-from fedlab.sim.hooks import InlineHooks, TappedRecorder, WithExtraClients
+from fedlab.sim.hooks import InlineHooks, RewrittenReplies, TappedRecorder, WithExtraClients
 from fedlab.sim.pool import WorkerPool
 from fedlab.sim.secure_inline import InlineSecureTransport
 from fedlab.sim.trainer import ClientOutcome, local_steps, resolve_trainer
@@ -298,8 +298,10 @@ def _run_rounds(
         recorder if hooks.on_release is None else TappedRecorder(recorder, hooks.on_release)
     )
     clients: ClientTransport = transport
+    if hooks.replies is not None:
+        clients = RewrittenReplies(transport, hooks.replies)
     if hooks.extra_clients is not None:
-        clients = WithExtraClients(transport, hooks.extra_clients)
+        clients = WithExtraClients(clients, hooks.extra_clients)
         num_clients += hooks.extra_clients.slots
     outcome = run_configured(
         config,

@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedlab.algorithms.dp_fedavg import _accepted
 from fedlab.algorithms.runs import central_settings
 from fedlab.algorithms.sampling import sample_poisson
 from fedlab.core.config import config_from_dict
 from fedlab.core.metrics import SilentObserver
-from fedlab.core.reports import TrainReport
-from fedlab.core.update import Update
 from fedlab.privacy.accountants import epsilon_of
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import PrivacyLedger
@@ -121,17 +118,6 @@ def test_adaptive_clipping_moves_the_bound_and_keeps_the_budget(tmp_path):
         [GaussianEvent(noise_multiplier=1.0, sample_rate=0.5, steps=5)], delta=1e-3, accountant="pld"
     )
     assert summary["epsilon_user"] == pytest.approx(expected, rel=1e-6), "the count noise is inside z"
-
-
-def test_server_rejects_an_update_over_the_clip_norm():
-    over = Update((np.full(4, 1.0),), num_examples=1)  # norm 2
-    within = Update((np.full(4, 0.2),), num_examples=1)  # norm 0.4
-    reports = [
-        TrainReport("a", over, 0.0, float("inf"), 0.0, 1.0, 1),
-        TrainReport("b", within, 0.0, float("inf"), 0.0, 1.0, 1),
-    ]
-    kept, rejected = _accepted(reports, 0.5, 1)
-    assert [r.client_id for r in kept] == ["b"] and rejected == 1
 
 
 def test_poisson_sampling_has_the_right_mean_and_is_seeded():
