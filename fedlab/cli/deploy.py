@@ -32,6 +32,18 @@ def _say(console: Console, text: str) -> None:
     console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
+def git_work_tree(path: Path) -> Path | None:
+    """The root of the git work tree holding ``path`` (a parent with ``.git``), or None.
+
+    >>> git_work_tree(Path("/")) is None
+    True
+    """
+    for parent in [path.resolve(), *path.resolve().parents]:
+        if (parent / ".git").exists():
+            return parent
+    return None
+
+
 def certs_init(
     out_dir: Annotated[
         Path, typer.Argument(metavar="DIR", help="Where to write the CA, server and device keys.")
@@ -50,6 +62,15 @@ def certs_init(
     except FedlabError as exc:
         fail(str(exc), USER_ERROR)
     console = Console()
+    tree = git_work_tree(out_dir)
+    if tree is not None:
+        Console(stderr=True).print(
+            f"warning: {out_dir} is inside the git work tree {tree}: never commit its private keys "
+            "(*.key; fedlab's .gitignore ignores certs/, state/, data/, device-state/ and *.key)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     _say(console, f"server: CA certificate     {files.ca_cert}  (also on every device: --root-cert)")
     _say(console, f"server: certificate       {files.server_cert}  ([deployment] server_cert)")
     _say(console, f"server: private key       {files.server_key}  ([deployment] server_key; keep secret)")
@@ -79,6 +100,8 @@ def server(
 ) -> None:
     """Start the SuperLink (TLS, node authentication), register devices, run the federation."""
     from fedlab.flower.deploy import load_federation, run_server
+    from fedlab.flower.deploy.processes import last_error
+    from fedlab.training.recorder import FAILED
     from fedlab.training.run_resume import check_resumable
 
     console = Console()
@@ -107,8 +130,15 @@ def server(
         fail("interrupted: the SuperLink was stopped", 130)
     except FedlabError as exc:
         fail(str(exc), RUNTIME_ERROR)
+    logs = federation.deployment.state_dir
+    if result.summary is not None and str(result.summary.get("stopped_because", "")).startswith(FAILED):
+        fail(
+            f"the run failed: {result.summary['stopped_because'][len(FAILED) :]} (logs in {logs})",
+            RUNTIME_ERROR,
+        )
     if result.summary is None or result.exit_code != 0:
-        fail(f"the run did not complete (logs in {federation.deployment.state_dir})", RUNTIME_ERROR)
+        cause = last_error(logs / "run.log")
+        fail(f"the run did not complete: {cause} (logs in {logs})", RUNTIME_ERROR)
     s = result.summary
     eps = s.get("epsilon_max")
     eps_text = f"{eps:.3f}" if isinstance(eps, (int, float)) and math.isfinite(eps) else "-"

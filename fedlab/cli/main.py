@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlab.cli.common import fail, fresh_run_dir, guarded
+from fedlab.cli.common import RUNTIME_ERROR, fail, fresh_run_dir, guarded
 from fedlab.core.config import RunConfig, load_config
 from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import RoundObserver, SilentObserver
@@ -148,6 +148,13 @@ def simulate(
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
     summary = guarded(lambda: _simulate(config, run_dir, observer, data, resume=resume is not None))
     write_run_plots(run_dir)
+    from fedlab.training.recorder import FAILED
+
+    if str(summary["stopped_because"]).startswith(FAILED):
+        fail(
+            f"the run failed: {summary['stopped_because'][len(FAILED) :]} (results in {run_dir})",
+            RUNTIME_ERROR,
+        )
     if not quiet:
         _print_summary(console, summary)
     console.print(f"results written to {run_dir}", highlight=False)

@@ -28,6 +28,7 @@ from fedlab.core.reports import RoundReplies
 from fedlab.flower.exchange import exchange
 from fedlab.flower.records import ARRAYS, CONFIG, arrays_record, client_id_from_content, split_replies
 from fedlab.flower.secure_transport import FlowerSecureTransport
+from fedlab.training.recorder import FAILED
 from fedlab.training.run_setup import set_up_run
 
 LOG = logging.getLogger("fedlab.server")
@@ -139,27 +140,34 @@ def train_messages(node_ids: Sequence[int], arrays: ArrayRecord, config: ConfigR
 
 
 def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
-    """Run every configured round against ``grid`` and return the run summary."""
+    """Run every configured round against ``grid`` and return the run summary.
+
+    A run that cannot go on (too few nodes, two nodes claiming one client, a refused resume
+    step) still writes ``summary.json``, with ``stopped_because`` = ``failed: REASON``.
+    """
     config = settings.config
     setup = set_up_run(config, run_dir=settings.run_dir, observer=settings.observer, resume=settings.resume)
     if settings.resume:
         setup.recorder.account_from_ledger()
-    nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
-    clients = discover_clients(grid, nodes, timeout=config.server.timeout)
-    transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
-        grid, clients, timeout=config.server.timeout
-    )
-    if config.secagg.enabled:
-        transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)
-    outcome = run_configured(
-        config,
-        transport=transport,
-        recorder=setup.recorder,
-        initial_weights=setup.initial_weights,
-        num_clients=len(clients),
-        secure_noise=settings.secure_noise,
-        resume=setup.recorder.resumed,
-    )
+    try:
+        nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
+        clients = discover_clients(grid, nodes, timeout=config.server.timeout)
+        transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
+            grid, clients, timeout=config.server.timeout
+        )
+        if config.secagg.enabled:
+            transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)
+        outcome = run_configured(
+            config,
+            transport=transport,
+            recorder=setup.recorder,
+            initial_weights=setup.initial_weights,
+            num_clients=len(clients),
+            secure_noise=settings.secure_noise,
+            resume=setup.recorder.resumed,
+        )
+    except FedlabError as exc:
+        return setup.recorder.finish(stopped_because=f"{FAILED}{exc}")  # one line, no traceback
     return setup.recorder.finish(stopped_because=outcome.stopped_because)
 
 

@@ -54,6 +54,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
+FAILED = "failed: "
+"""How ``stopped_because`` of a run that could not go on begins (then its reason, one line)."""
 
 
 def _save_model_atomically(path: Path, weights: Sequence[np.ndarray]) -> None:

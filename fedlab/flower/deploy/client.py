@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -18,6 +19,7 @@ from pathlib import Path
 from fedlab.flower.deploy.certificates import check_device_key, check_root_cert
 from fedlab.flower.deploy.errors import DeploymentError
 from fedlab.flower.deploy.processes import (
+    PARENT_PIPE_ENV,
     LineSink,
     file_sink,
     flower_env,
@@ -252,6 +254,8 @@ class _Tail:
 
 
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
+SESSION_EXPIRY_HEARTBEATS = 2
+"""The SuperLink keeps a node's lost session online for this many heartbeat intervals."""
 
 
 def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
@@ -261,7 +265,9 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
     rejoins with the same node id (tied to its key) and device id. After a crash the
     SuperLink keeps the old session online until its heartbeat expires (2 heartbeat
     intervals, at most ``2 * launch.heartbeat_interval`` s) and refuses to activate the
-    node meanwhile: fedlab relaunches the SuperNode with backoff until ``max_wait_time``.
+    node meanwhile: fedlab relaunches the SuperNode with backoff for up to that long (plus
+    5 s) after the first refusal, or ``max_wait_time`` if shorter; refused after that, the
+    key is not registered, and that is the error.
     Once the SuperNode reports a fatal error it is stopped by PID (flwr 1.41 can hang
     after giving up).
 
@@ -281,16 +287,22 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
     budget = launch.max_wait_time if launch.max_wait_time is not None else math.inf
     deadline = time.monotonic() + budget
     delay = 2.0
+    expiry = SESSION_EXPIRY_HEARTBEATS * launch.heartbeat_interval + 5.0
     while True:
         tail = _Tail()
         code = _supernode_once(launch, env, [tail, file_log, log], tail, log)
         if code == 0 and not tail.fatal.is_set():
             return 0
         refused = any(ACTIVATION_REFUSED in line for line in tail.lines)
+        if refused and deadline > time.monotonic() + expiry:
+            # A previous session of this device stays online for at most 2 heartbeat intervals;
+            # still refused after that, the key is not registered.
+            deadline = time.monotonic() + expiry
         if refused and time.monotonic() + delay < deadline:
             log(
-                f"activation refused (unregistered key, or the previous session is still online); "
-                f"retrying in {delay:g} s"
+                f"activation refused: a previous session of this device may still be online; "
+                f"retrying in {delay:g} s (for up to {expiry:g} s; refused after that, the key is "
+                "not registered)"
             )
             time.sleep(delay)
             delay = min(delay * 1.5, 5.0)
@@ -306,7 +318,18 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
 def _supernode_once(
     launch: ClientLaunch, env: Mapping[str, str], sinks: list[LineSink], tail: _Tail, log: LineSink
 ) -> int:
-    proc = start_process(supernode_command(launch, runtime_port=free_port()), env)
+    watched, lifeline = os.pipe()  # only this process holds ``lifeline``: the SuperNode dies with it
+    try:
+        proc = start_process(
+            supernode_command(launch, runtime_port=free_port()),
+            {**env, PARENT_PIPE_ENV: str(watched)},
+            pass_fds=(watched,),
+        )
+    except BaseException:
+        os.close(lifeline)
+        raise
+    finally:
+        os.close(watched)
     log(f"SuperNode (pid {proc.pid}) for device {launch.device_id!r} connecting to {launch.server}")
     pump = pump_lines(proc.stdout, sinks) if proc.stdout else None
     try:
@@ -318,6 +341,7 @@ def _supernode_once(
                     break
     finally:
         stop_process(proc, grace=5)
+        os.close(lifeline)
     if pump is not None:
         pump.join(timeout=5)
     return proc.returncode if proc.returncode is not None else -1

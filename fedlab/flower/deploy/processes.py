@@ -79,7 +79,7 @@ def stop_process(proc: subprocess.Popen[str], *, grace: float = 10.0) -> None:
 
 
 def start_process(
-    command: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+    command: Sequence[str], env: Mapping[str, str], cwd: Path | None = None, *, pass_fds: Sequence[int] = ()
 ) -> subprocess.Popen[str]:
     """Start ``command`` in its own session, stdout and stderr merged into one text pipe, no stdin."""
     return subprocess.Popen(
@@ -92,7 +92,33 @@ def start_process(
         text=True,
         bufsize=1,
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
+
+
+PARENT_PIPE_ENV = "FEDLAB_PARENT_PIPE"
+"""Names the read end of a pipe whose write end only the parent holds (see :func:`die_with_parent`)."""
+
+
+def die_with_parent() -> None:
+    """If started with :data:`PARENT_PIPE_ENV`, SIGKILL this process group as soon as the parent is gone.
+
+    The parent holds the pipe's only write end; when it exits, however it dies (SIGKILL
+    included), the read returns end-of-file and this whole process group (this process and
+    every child it started, e.g. a SuperNode's ClientApp processes) is killed at once, so
+    nothing of it trains or commits anything afterwards.
+    """
+    fd = os.environ.get(PARENT_PIPE_ENV)
+    if fd is None:
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(int(fd), 1):
+                continue
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="fedlab-parent-watch", daemon=True).start()
 
 
 def pump_lines(stream: IO[str], sinks: Sequence[LineSink]) -> threading.Thread:
@@ -137,3 +163,18 @@ def last_line(text: str) -> str:
     """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
+
+
+def last_error(log: Path) -> str:
+    """The last line of ``log`` that names an error (else its last line; 'no log' without one).
+
+    >>> last_error(Path("/nonexistent/run.log"))
+    'no log'
+    """
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return "no log"
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["empty log"])[-1][:300]

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from fedlab.flower.deploy.errors import DeploymentError
+from fedlab.flower.deploy.processes import die_with_parent
 
 # Flower 1.41 modules that read the SuperNode heartbeat interval (a module constant, no flag):
 # fleet_http_connection sends it to the SuperLink (ActivateNode, SendNodeHeartbeat), heartbeat
@@ -39,6 +40,7 @@ def supernode_main(argv: Sequence[str]) -> int:
         setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", interval)  # noqa: B010
     from flwr.supernode.cli import flower_supernode
 
+    die_with_parent()  # the SuperNode and its ClientApps never outlive `fedlab client`
     sys.argv = ["flower-supernode", *argv[3:]]
     flower_supernode()
     return 0

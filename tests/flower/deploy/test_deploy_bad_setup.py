@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fedlab.flower.deploy.client import HEARTBEAT_INTERVAL
+
 from .conftest import free_port, run_fedlab, wait_for_line, write_federation, write_partitions
 
 
@@ -74,7 +76,7 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(tmp_path, certs, pr
     server = processes(["server", "--config", str(fed), "--out", str(tmp_path / "run")], tmp_path / "hs")
     assert wait_for_line(server, "registered device key device-1.pub", timeout=90), server.output
 
-    def client(key: str, *extra: str, name: str):
+    def client(key: str, *extra: str, name: str, wait: tuple[str, ...] = ("--max-wait-time", "4")):
         return run_fedlab(
             "client",
             "--server",
@@ -83,8 +85,7 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(tmp_path, certs, pr
             str(data),
             "--state-dir",
             str(tmp_path / name),
-            "--max-wait-time",
-            "4",
+            *wait,
             "--max-retries",
             "2",
             "--key",
@@ -94,12 +95,24 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(tmp_path, certs, pr
             timeout=90,
         )
 
+    def timed(*args: object, **kwargs: object):
+        begun = time.monotonic()
+        result = client(*args, **kwargs)  # type: ignore[arg-type]
+        return result, time.monotonic() - begun
+
     with ThreadPoolExecutor(3) as pool:
-        unregistered = pool.submit(client, "device-4.key", "--root-cert", str(certs / "ca.pem"), name="u")
+        # The default wait (300 s): an unregistered key is named within two heartbeat intervals.
+        unregistered_timed = pool.submit(
+            timed, "device-4.key", "--root-cert", str(certs / "ca.pem"), name="u", wait=()
+        )
         plaintext = pool.submit(client, "device-1.key", "--insecure", name="p")
         wrong_ca = pool.submit(client, "device-1.key", "--root-cert", str(other / "ca.pem"), name="w")
+    unregistered_result, unregistered_seconds = unregistered_timed.result()
+    # Named after two heartbeat intervals (+5 s) of refusals, not after the 300 s default wait
+    # (30 s more for starting fedlab client and each SuperNode attempt on a loaded 2-core machine).
+    assert unregistered_seconds < 2 * HEARTBEAT_INTERVAL + 5.0 + 30.0, unregistered_seconds
     results = {
-        "unregistered": unregistered.result(),
+        "unregistered": unregistered_result,
         "plaintext": plaintext.result(),
         "wrong_ca": wrong_ca.result(),
     }

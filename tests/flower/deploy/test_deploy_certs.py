@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import subprocess
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .conftest import run_fedlab
+from .conftest import REPO, run_fedlab
 
 
 def test_certs_init_writes_a_ca_a_server_cert_and_device_keys(tmp_path):
@@ -56,3 +59,26 @@ def test_default_names_are_localhost_and_loopback(tmp_path):
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert files.device_keys == ()
+
+
+def test_certs_init_inside_a_git_work_tree_warns_about_the_private_keys(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    inside = run_fedlab("certs", "init", str(repo / "certs"), "--devices", "1", home=tmp_path / "h1")
+    assert inside.returncode == 0, inside.stderr
+    [warning] = [line for line in inside.stderr.splitlines() if line.startswith("warning:")]
+    assert str(repo) in warning and "private keys" in warning
+    outside = run_fedlab("certs", "init", str(tmp_path / "elsewhere"), "--devices", "1", home=tmp_path / "h2")
+    assert outside.returncode == 0 and "warning:" not in outside.stderr
+
+
+def test_the_default_deployment_locations_are_ignored_by_git():
+    """certs/, state/, data/ and device-state/ as the README's commands create them, and any *.key."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["certs/ca.key", "certs/devices/device-1.key", "state/superlink.sqlite", "data/device-1.csv",
+             "device-state/budget.sqlite", "server/server.key"]  # fmt: skip
+    result = subprocess.run(
+        ["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert sorted(result.stdout.split()) == sorted(paths)

@@ -2,8 +2,9 @@
 
 Acceptance 1-3 and 5 of issue 6 in one run (to keep the slow suite short):
 - 3 rounds of DP-SGD complete; metrics and ledger are written;
-- device-2 is SIGKILLed during round 2 (right after it committed round 2 to its own
-  budget, before the server got its reply) and restarted with the same state dir: it
+- device-2's `fedlab client` process alone is SIGKILLed during round 2 (right after it
+  committed round 2 to its own budget, before the server got its reply): its SuperNode and
+  ClientApp processes die with it at once and commit nothing more; restarted with the same state dir, it
   rejoins with the same node id once the SuperLink let its dead session expire (at most
   2 heartbeat intervals, 20 s with fedlab's default), within round 2's timeout; the server
   asks it round 2 again, which it refuses (already released, never twice), and it trains
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from .conftest import (
@@ -68,7 +70,14 @@ def test_server_and_three_clients_survive_a_kill_and_respect_budgets(tmp_path, c
     assert [r for r, _ in spends(tmp_path / "device-2")] == [1, 2], server.output
     first_id = re.search(r"SuperNode ID: (\d+)", clients[2].output)
     assert first_id is not None, clients[2].output
-    clients[2].kill()
+    # SIGKILL `fedlab client` alone: its SuperNode and ClientApp processes must die with it.
+    clients[2].track()
+    children = [p for pid, p in clients[2].tracked.items() if pid != clients[2].proc.pid]
+    assert children, "the SuperNode runs as a child of fedlab client"
+    clients[2].proc.kill()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"outlived fedlab client: {[p.pid for p in alive]}"
+    clients[2].kill()  # reap (nothing left to kill)
     restarted = client(2)
     # It rejoins with the same identity once the SuperLink let the dead session expire (<= 20 s).
     assert wait_for_line(restarted, f"SuperNode ID: {first_id.group(1)}", timeout=60), restarted.output
