@@ -1,7 +1,6 @@
 """The Flower backend resumes a killed run: contiguous rounds, none twice, epsilons charged in full."""
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,19 +8,18 @@ import pytest
 from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
 from fedlab.sim.inline import simulate_inline
-from tests.sim.processes import kill_tree, process_tree, run_to_end, start_fedlab, wait_until
+from tests.sim.processes import (
+    committed_rounds,
+    kill_tree,
+    process_tree,
+    run_to_end,
+    start_fedlab,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "simulations" / "digits-dp.toml"
 ROUNDS = ["--set", "run.rounds=5"]
-
-
-def committed(run: Path) -> list[int]:
-    try:
-        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
-            return [r for (r,) in conn.execute("SELECT round FROM rounds ORDER BY round")]
-    except sqlite3.Error:
-        return []
 
 
 @pytest.mark.slow
@@ -30,17 +28,17 @@ def test_a_killed_flower_run_resumes_with_contiguous_rounds_and_full_epsilons(tm
     proc = start_fedlab("simulate", str(CONFIG), *ROUNDS, "--quiet", "--out", str(run), cwd=tmp_path)
     tracked = []
     try:
-        assert wait_until(lambda: len(committed(run)) >= 2 or proc.poll() is not None, timeout=240)
+        assert wait_until(lambda: len(committed_rounds(run)) >= 2 or proc.poll() is not None, timeout=240)
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         tracked = process_tree(proc.pid)
     finally:
         kill_tree(proc.pid, tracked)  # the driver and Ray's processes, all SIGKILLed
-    before = committed(run)
+    before = committed_rounds(run)
     assert 2 <= len(before) < 5
 
     code, output = run_to_end("simulate", "--resume", str(run), "--quiet", cwd=tmp_path)
     assert code == 0, output
-    assert committed(run) == [1, 2, 3, 4, 5], "rounds contiguous, none committed twice"
+    assert committed_rounds(run) == [1, 2, 3, 4, 5], "rounds contiguous, none committed twice"
     rounds = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4, 5]
 

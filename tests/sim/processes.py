@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -63,3 +64,12 @@ def run_to_end(*args: str, cwd: Path) -> tuple[int, str]:
     finally:
         kill_tree(proc.pid, tracked)
     return proc.returncode, output
+
+
+def committed_rounds(run: Path) -> list[int]:
+    """The rounds the run's ledger holds (read-only; [] if there is no readable ledger yet)."""
+    try:
+        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
+            return [r for (r,) in conn.execute("SELECT round FROM rounds ORDER BY round")]
+    except sqlite3.Error:
+        return []

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
 from fedlab.sim.inline import simulate_inline
 
-from .processes import kill_tree, wait_until
+from .processes import committed_rounds, kill_tree, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,14 +26,6 @@ def processes_using(marker: str) -> list[psutil.Process]:
         if marker in cmdline:
             found.append(proc)
     return found
-
-
-def committed(run: Path) -> list[int]:
-    try:
-        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
-            return [r for (r,) in conn.execute("SELECT round FROM rounds ORDER BY round")]
-    except sqlite3.Error:
-        return []
 
 
 @pytest.mark.slow
@@ -61,12 +52,12 @@ def test_flwr_run_dot_trains_with_the_fedlab_apps_and_resumes_a_killed_run(tmp_p
         command(False), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
     try:
-        assert wait_until(lambda: len(committed(out)) >= 2 or first.poll() is not None, timeout=300)
+        assert wait_until(lambda: len(committed_rounds(out)) >= 2 or first.poll() is not None, timeout=300)
     finally:
         first.kill()
         for proc in processes_using(str(home)):  # the local SuperLink `flwr run` started, and its runs
             kill_tree(proc.pid)
-    assert 2 <= len(committed(out)) < 4
+    assert 2 <= len(committed_rounds(out)) < 4
     try:
         result = subprocess.run(
             command(True), cwd=REPO, env=env, capture_output=True, text=True, timeout=400, check=False
@@ -75,7 +66,7 @@ def test_flwr_run_dot_trains_with_the_fedlab_apps_and_resumes_a_killed_run(tmp_p
         for proc in processes_using(str(home)):
             kill_tree(proc.pid)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert committed(out) == [1, 2, 3, 4], "contiguous rounds, none committed twice"
+    assert committed_rounds(out) == [1, 2, 3, 4], "contiguous rounds, none committed twice"
     rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
     summary = json.loads((out / "summary.json").read_text())

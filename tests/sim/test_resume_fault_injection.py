@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from .processes import kill_tree, process_tree, start_fedlab, wait_until
+from .processes import committed_rounds, kill_tree, process_tree, start_fedlab, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("fault_injection.py")
@@ -21,11 +21,7 @@ ROUNDS = 30
 
 
 def committed(run: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{run / 'ledger.sqlite'}?mode=ro", uri=True, timeout=1) as conn:
-            return int(conn.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+    return len(committed_rounds(run))
 
 
 def ledger_rows(run: Path) -> dict[str, list[tuple]]:
