@@ -7,6 +7,7 @@ import types
 import typing
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from fedlab.core.errors import ConfigError
@@ -86,8 +87,15 @@ DEVICE_MODELS = ("distribution", "trace")
 
 
 def config_error(key: str, problem: str) -> ConfigError:
-    """The error for a bad value of ``key``: ``key: problem``."""
-    return ConfigError(f"{key}: {problem}")
+    r"""The error for a bad value of ``key``: ``key: problem``, on one line.
+
+    A key that is not printable (a TOML key may hold a line break) is shown escaped.
+
+    >>> str(config_error("data.x\ny", "unknown key"))
+    "'data.x\\ny': unknown key"
+    """
+    shown = key if key.isprintable() else repr(key)
+    return ConfigError(f"{shown}: {problem}")
 
 
 def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
@@ -116,8 +124,13 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
         if kind is type(None):
             continue
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise config_error(key, "too large for a float") from None
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            if not -(1 << 63) <= value < 1 << 63:
+                raise config_error(key, f"out of range: an integer of {value.bit_length()} bits")
             return value
         if kind in (str, bool) and isinstance(value, kind):
             return value
@@ -125,3 +138,15 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
             return value  # the section checks the choice and resolves it
     names = " or ".join(k.__name__ for k in allowed if k is not type(None))
     raise config_error(key, f"must be of type {names}; got {type(value).__name__} {value!r}")
+
+
+def path_exists(path: str, *, file: bool = False) -> bool:
+    """Whether ``path`` exists (is a file, with ``file``); False for a name the OS refuses.
+
+    >>> path_exists("x" * 5000), path_exists("/")
+    (False, True)
+    """
+    try:
+        return Path(path).is_file() if file else Path(path).exists()
+    except (OSError, ValueError):
+        return False

@@ -36,6 +36,7 @@ from fedlab.core.choices import (
     check_open_unit,
     check_type,
     config_error,
+    path_exists,
 )
 from fedlab.core.server_config import ServerSection, check_aggregation
 from fedlab.core.toml_input import apply_overrides as apply_overrides
@@ -86,8 +87,8 @@ class DataSection:
         if self.dataset == "files":
             if not self.path:
                 raise config_error("data.path", "required when data.dataset = 'files'")
-            if not Path(self.path).exists():
-                raise config_error("data.path", f"does not exist: {self.path}")
+            if not path_exists(self.path):
+                raise config_error("data.path", f"does not exist: {self.path[:200]}")
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,8 @@ class SimulationSection:
             raise config_error("simulation.device_trace", "required when simulation.devices = 'trace'")
         if self.device_trace and self.devices != "trace":
             raise config_error("simulation.devices", "must be 'trace' when simulation.device_trace is set")
-        if self.device_trace and not Path(self.device_trace).is_file():
-            raise config_error("simulation.device_trace", f"file not found: {self.device_trace}")
+        if self.device_trace and not path_exists(self.device_trace, file=True):
+            raise config_error("simulation.device_trace", f"file not found: {self.device_trace[:200]}")
         for key in ("step_seconds", "upload_mbps", "download_mbps"):
             check_min(f"simulation.{key}", getattr(self, key), 0.0, inclusive=False)
         for key in ("speed_sigma", "bandwidth_sigma", "latency_seconds"):

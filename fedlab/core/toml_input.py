@@ -24,6 +24,8 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = text.strip()
+    except (ValueError, RecursionError):  # an integer of over 4300 digits, arrays nested too deep
+        raise ConfigError(f"--set {dotted.strip()!r}: a number too long or nesting too deep") from None
     return parts[0], parts[1], value
 
 
@@ -47,11 +49,17 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file, turning a missing or malformed file into a ConfigError."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """Read a TOML file, turning a missing, unreadable or malformed file into a ConfigError."""
     try:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
         with path.open("rb") as handle:
             return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except (ValueError, RecursionError):  # an integer of over 4300 digits, arrays nested too deep
+        raise ConfigError(f"{path}: invalid TOML: a number too long or nesting too deep") from None

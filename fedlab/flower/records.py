@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
+import tokenize
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.constant import SType
+from numpy.lib import format as npy_format
 
 from fedlab.core.reports import RoundReplies, TrainReport
 from fedlab.core.update import Update
@@ -44,14 +48,55 @@ def _metric(metrics: MetricRecord, key: str) -> float:
     value = metrics[key]
     if not isinstance(value, (int, float)):
         raise ValueError(f"metric {key!r} must be a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"metric {key!r} is too large for a float") from None
+
+
+def _count(metrics: MetricRecord, key: str) -> int:
+    value = _metric(metrics, key)
+    if not math.isfinite(value):
+        raise ValueError(f"metric {key!r} must be a finite count, got {value}")
+    return int(value)
+
+
+_NPY_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, RecursionError, tokenize.TokenError)
+"""What numpy's ``.npy`` header parser (a ``literal_eval`` of the sender's text) raises on a bad header."""
+
+
+def _ndarray(array: Array) -> np.ndarray:
+    """One array of a reply: a ``.npy`` whose header describes exactly its data, else ValueError.
+
+    Flower's ``Array.numpy`` would open a zip archive, allocate what a forged header claims before
+    reading any data, and raise EOFError, OverflowError or a tokenizer error on a malformed one.
+    """
+    if array.stype != SType.NUMPY:
+        raise ValueError(f"unsupported array serialization {array.stype!r}")
+    stream = io.BytesIO(array.data)
+    try:
+        version = npy_format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = (
+            npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(stream)
+    except _NPY_HEADER_ERRORS as exc:
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(f"malformed array header: {type(exc).__name__} {first_line}") from None
+    size = len(array.data) - stream.tell()
+    if dtype.hasobject or min(shape, default=0) < 0 or math.prod(shape) * dtype.itemsize != size:
+        raise ValueError(f"malformed array: shape {shape} of {dtype} does not fit its {size} bytes")
+    loaded: np.ndarray = np.load(io.BytesIO(array.data), allow_pickle=False)
+    return loaded
 
 
 def train_report_from_content(content: RecordDict) -> TrainReport:
     """Unpack a client's train reply; raises ValueError/KeyError on a malformed reply."""
     metrics = content.metric_records[METRICS]
-    arrays = tuple(content.array_records[ARRAYS].to_numpy_ndarrays())
-    num_examples = int(_metric(metrics, "num-examples"))
+    arrays = tuple(_ndarray(a) for a in content.array_records[ARRAYS].values())
+    num_examples = _count(metrics, "num-examples")
     if num_examples < 0:
         raise ValueError("num-examples must be >= 0")
     epsilon = _metric(metrics, "epsilon")
@@ -62,7 +107,7 @@ def train_report_from_content(content: RecordDict) -> TrainReport:
         epsilon=NOT_PRIVATE if epsilon < 0 else epsilon,
         noise_multiplier=_metric(metrics, "noise-multiplier"),
         sample_rate=_metric(metrics, "sample-rate"),
-        steps=int(_metric(metrics, "steps")),
+        steps=_count(metrics, "steps"),
         clip_indicator=_metric(metrics, "clip-indicator") if "clip-indicator" in metrics else None,
     )
 

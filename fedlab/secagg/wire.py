@@ -75,10 +75,15 @@ def wire_int(value: Any) -> int:
 
 
 def wire_float(value: Any) -> float:
-    """``value`` as a float if it is a number (not a bool), else ValueError."""
+    """``value`` as a float if it is a number (not a bool) a float can hold, else ValueError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(
+            f"a number too large for a float: an integer of {int(value).bit_length()} bits"
+        ) from None
 
 
 def wire_dict(value: Any) -> dict[str, Any]:
@@ -250,7 +255,7 @@ def from_wire(value: Any, kind: type[T]) -> T:
         raise ValueError(f"unknown wire object type {d.get('type')!r}")
     try:
         obj = parser(d)
-    except (KeyError, TypeError, ValueError, ProtocolError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, ProtocolError) as exc:
         raise ValueError(f"malformed {d.get('type')} message: {exc}") from None
     if not isinstance(obj, kind):
         raise ValueError(f"expected a {kind.__name__}, got a {type(obj).__name__}")
