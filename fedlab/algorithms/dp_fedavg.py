@@ -28,20 +28,20 @@ secure aggregation and distributed DP against it), nor a server that skips the n
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedlab.algorithms.fedavg import apply_delta
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
-from fedlab.core.errors import LedgerError
 from fedlab.core.reports import TrainReport
+from fedlab.core.server_config import MAX_EXAMPLES
 from fedlab.privacy.accountants import RepeatedEventAccountant
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,
@@ -86,7 +86,7 @@ class DpFedAvgSettings:
     seed: int
     max_epsilon: float | None = None
     adaptive: AdaptiveClipState | None = None
-    max_examples: int = 10_000_000
+    max_examples: int = MAX_EXAMPLES
 
     @property
     def denominator(self) -> float:
@@ -176,7 +176,7 @@ def run_dp_fedavg(
     adaptive = settings.adaptive
     clip = adaptive.clip_norm if adaptive else settings.clip_norm
     if adaptive is not None and start.done:
-        adaptive = replace(adaptive, clip_norm=_positive(start.value("clip")))
+        adaptive = replace(adaptive, clip_norm=start.positive("clip"))
         clip = adaptive.clip_norm
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(noise_rng, start.value("noise"))
@@ -214,9 +214,7 @@ def run_dp_fedavg(
         rules = UpdateRules.for_model(weights, max_norm=clip, max_examples=settings.max_examples)
         kept, rejected = screen(replies.reports, rules, round_num)
         delta_mean = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
-        weights = [
-            (w.astype(np.float64) + d).astype(np.float32) for w, d in zip(weights, delta_mean, strict=True)
-        ]
+        weights = apply_delta(weights, delta_mean)
         spent.compose(round_event)
         epsilon = spent.epsilon(delta=settings.delta)
         round_clip = clip
@@ -255,10 +253,3 @@ def run_dp_fedavg(
             state={"sampling": stream_state(sample_rng), "noise": stream_state(noise_rng), "clip": clip},
         )
     return DpFedAvgOutcome(weights, settings.rounds, epsilon, "completed all rounds")
-
-
-def _positive(value: object) -> float:
-    """A resumed clip norm: a finite float > 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < math.inf:
-        raise LedgerError(f"checkpoint: clip norm {value!r} is not finite and > 0")
-    return float(value)

@@ -35,7 +35,15 @@ def apply_fedavg(global_weights: Sequence[np.ndarray], updates: Sequence[Update]
     mean = weighted_mean(list(updates))
     if [m.shape for m in mean] != [np.shape(g) for g in global_weights]:
         raise ValueError("update shapes do not match the global model")
+    return apply_delta(global_weights, mean)
+
+
+def apply_delta(weights: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The new global weights ``weights + delta``, added in float64 and stored as float32.
+
+    >>> apply_delta([np.ones(2, np.float32)], [np.array([0.5, -1.0])])[0].tolist()
+    [1.5, 0.0]
+    """
     return [
-        (np.asarray(g, dtype=np.float64) + m).astype(np.float32)
-        for g, m in zip(global_weights, mean, strict=True)
+        (np.asarray(w, dtype=np.float64) + d).astype(np.float32) for w, d in zip(weights, delta, strict=True)
     ]

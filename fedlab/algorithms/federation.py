@@ -24,6 +24,7 @@ from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.choices import AggregationKind
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
+from fedlab.core.server_config import MAX_EXAMPLES
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
 
@@ -107,7 +108,7 @@ class FedAvgSettings:
     trim_fraction: float = 0.1
     norm_bound: float | None = None
     max_update_norm: float | None = None
-    max_examples: int = 10_000_000
+    max_examples: int = MAX_EXAMPLES
 
     def sample(self, client_ids: Sequence[str], rng: RandomStream) -> list[str]:
         """Draw one round's clients."""

@@ -1,7 +1,8 @@
 """Where a round loop starts: round 1 from the initial model, or after a run's last committed round.
 
-Each loop hands the recorder its own state with every round (:class:`LoopState`): the generators
-it draws from and the values that change from round to round. The recorder commits that state
+Each loop hands the recorder its own state with every round (the ``state`` of
+:meth:`~fedlab.algorithms.federation.RoundRecorder.release_round`): the generators it draws from
+and the values that change from round to round. The recorder commits that state
 with the round's spending (:mod:`fedlab.core.checkpoint`), and a resumed run passes the checkpoint
 back here. A secret generator (deployment) keeps no state: a resumed run draws from fresh secret
 keys, so nobody holding the run directory can predict its later draws.
@@ -9,6 +10,7 @@ keys, so nobody holding the run directory can predict its later draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,3 +113,14 @@ class LoopStart:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= self.done:
             raise LedgerError(f"checkpoint: {key!r} is not a round count: {value!r}")
         return value
+
+    def positive(self, key: str) -> float:
+        """A finite value > 0 from the loop values (e.g. a clip norm).
+
+        Raises:
+            LedgerError: If a resumed run's value is missing, not a number, not finite or not > 0.
+        """
+        value = self.value(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < math.inf:
+            raise LedgerError(f"checkpoint: {key!r} is not finite and > 0: {value!r}")
+        return float(value)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedlab.algorithms.fedavg import apply_fedavg
+from fedlab.algorithms.fedavg import apply_delta, apply_fedavg
 from fedlab.core.choices import AggregationKind
 from fedlab.core.update import Update
 
@@ -93,6 +93,4 @@ def aggregate(
     delta = (
         coordinate_median(updates) if kind is AggregationKind.MEDIAN else trimmed_mean(updates, trim_fraction)
     )
-    return [
-        (np.asarray(w, dtype=np.float64) + d).astype(np.float32) for w, d in zip(weights, delta, strict=True)
-    ]
+    return apply_delta(weights, delta)

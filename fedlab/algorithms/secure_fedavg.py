@@ -75,6 +75,7 @@ from fedlab.algorithms.secure_messages import (
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
+from fedlab.core.server_config import MAX_EXAMPLES
 from fedlab.core.update import Update, example_weight
 from fedlab.privacy.secure_random import RandomStream
 from fedlab.privacy.skellam import (
@@ -162,7 +163,7 @@ class SecureFedAvgSettings:
     delta: float = 1e-5
     max_epsilon: float | None = None
     weight_cap: int | None = None
-    max_examples: int = 10_000_000
+    max_examples: int = MAX_EXAMPLES
 
     @property
     def expected_cohort(self) -> float:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedlab.algorithms.fedavg import apply_delta
 from fedlab.algorithms.federation import RoundRecorder
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.secure_fedavg import SecureFedAvgSettings, SecureTransport, secure_round
@@ -95,10 +96,7 @@ def run_secure_fedavg(
         if outcome.mean_delta is None:
             aborted += 1
         else:
-            weights = [
-                (w.astype(np.float64) + d).astype(np.float32)
-                for w, d in zip(weights, outcome.mean_delta, strict=True)
-            ]
+            weights = apply_delta(weights, outcome.mean_delta)
             federation = _compose_round(accountants, settings)
             if accountants:
                 epsilon = accountants[SERVER_VIEW].epsilon(delta=settings.delta)

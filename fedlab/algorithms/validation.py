@@ -18,6 +18,7 @@ from enum import StrEnum
 import numpy as np
 
 from fedlab.core.reports import TrainReport
+from fedlab.core.server_config import MAX_EXAMPLES
 
 LOG = logging.getLogger("fedlab.server")
 
@@ -49,11 +50,11 @@ class UpdateRules:
 
     shapes: tuple[tuple[int, ...], ...]
     max_norm: float | None = None
-    max_examples: int = 10_000_000
+    max_examples: int = MAX_EXAMPLES
 
     @classmethod
     def for_model(
-        cls, weights: Sequence[np.ndarray], *, max_norm: float | None = None, max_examples: int = 10_000_000
+        cls, weights: Sequence[np.ndarray], *, max_norm: float | None = None, max_examples: int = MAX_EXAMPLES
     ) -> UpdateRules:
         """The rules for updates of the model ``weights``."""
         return cls(tuple(tuple(np.shape(w)) for w in weights), max_norm, max_examples)

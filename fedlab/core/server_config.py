@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fedlab.core.choices import SAMPLING, AggregationKind, check_choice, check_min, config_error
 
 AGGREGATIONS = tuple(kind.value for kind in AggregationKind)
+MAX_EXAMPLES = 10_000_000
+"""The default largest example count a client may claim (``server.max_examples``)."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class ServerSection:
     trim_fraction: float = 0.1
     norm_bound: float | None = None
     max_update_norm: float | None = None
-    max_examples: int = 10_000_000
+    max_examples: int = MAX_EXAMPLES
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
