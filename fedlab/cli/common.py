@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -54,3 +54,18 @@ def fresh_run_dir(config: RunConfig, out: Path | None) -> Path:
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
+
+
+def refuse_out_with_resume(resume: Path | None, out: Path | None) -> None:
+    """``--resume`` goes on in the run's own directory: with ``--out`` too, one line and exit code 2."""
+    if resume is not None and out is not None:
+        fail("--resume and --out: a resumed run stays in its own directory")
+
+
+def fail_if_run_failed(summary: Mapping[str, Any], where: str) -> None:
+    """If the run's summary says it failed, ``error: the run failed: CAUSE (WHERE)`` and exit code 3."""
+    from fedlab.training.recorder import FAILED
+
+    because = str(summary.get("stopped_because", ""))
+    if because.startswith(FAILED):
+        fail(f"the run failed: {because[len(FAILED) :]} ({where})", RUNTIME_ERROR)

@@ -15,7 +15,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from fedlab.cli.common import RUNTIME_ERROR, USER_ERROR, fail, fresh_run_dir
+from fedlab.cli.common import (
+    RUNTIME_ERROR,
+    USER_ERROR,
+    fail,
+    fail_if_run_failed,
+    fresh_run_dir,
+    refuse_out_with_resume,
+)
 from fedlab.core.errors import FedlabError
 
 APP_ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +108,6 @@ def server(
     """Start the SuperLink (TLS, node authentication), register devices, run the federation."""
     from fedlab.flower.deploy import load_federation, run_server
     from fedlab.flower.deploy.processes import last_error
-    from fedlab.training.recorder import FAILED
     from fedlab.training.run_resume import check_resumable
 
     console = Console()
@@ -109,9 +115,8 @@ def server(
         federation = load_federation(config, state_dir=state, overrides=overrides or [])
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         default = federation.deployment.state_dir / "runs" / f"{federation.config.run.name}-{stamp}"
+        refuse_out_with_resume(resume, out)
         if resume is not None:
-            if out is not None:
-                fail("--resume and --out: a resumed run stays in its own directory", USER_ERROR)
             run_dir = resume
             done = check_resumable(resume, federation.config)
         else:
@@ -131,11 +136,8 @@ def server(
     except FedlabError as exc:
         fail(str(exc), RUNTIME_ERROR)
     logs = federation.deployment.state_dir
-    if result.summary is not None and str(result.summary.get("stopped_because", "")).startswith(FAILED):
-        fail(
-            f"the run failed: {result.summary['stopped_because'][len(FAILED) :]} (logs in {logs})",
-            RUNTIME_ERROR,
-        )
+    if result.summary is not None:
+        fail_if_run_failed(result.summary, f"logs in {logs}")
     if result.summary is None or result.exit_code != 0:
         cause = last_error(logs / "run.log")
         fail(f"the run did not complete: {cause} (logs in {logs})", RUNTIME_ERROR)

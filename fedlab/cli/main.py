@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedlab.cli.common import RUNTIME_ERROR, fail, fresh_run_dir, guarded
+from fedlab.cli.common import fail, fail_if_run_failed, fresh_run_dir, guarded, refuse_out_with_resume
 from fedlab.core.config import RunConfig, load_config
 from fedlab.core.errors import ConfigError
 from fedlab.core.metrics import RoundObserver, SilentObserver
@@ -66,10 +66,9 @@ def _resumed_config(run_dir: Path, config_path: Path | None, overrides: list[str
     """The config of a run to resume: CONFIG.toml if given, else the run's ``config.json``."""
     from fedlab.core.config import config_from_dict
     from fedlab.core.toml_input import apply_overrides
-    from fedlab.training.run_resume import stored_config
+    from fedlab.training.run_resume import require_run_dir, stored_config
 
-    if not (run_dir / "ledger.sqlite").is_file():
-        raise ConfigError(f"--resume {run_dir}: not a run directory (no ledger.sqlite)")
+    require_run_dir(run_dir)
     if config_path is not None:
         return load_config(config_path, overrides)
     return config_from_dict(apply_overrides(stored_config(run_dir), overrides))
@@ -129,9 +128,8 @@ def simulate(
     """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
     chosen = [f'simulation.backend="{backend}"'] if backend is not None else []
     settings = [*(overrides or []), *chosen]
+    refuse_out_with_resume(resume, out)
     if resume is not None:
-        if out is not None:
-            fail("--resume and --out: a resumed run stays in its own directory")
         config = guarded(lambda: _resumed_config(resume, config_path, settings))
     elif config_path is None:
         fail("missing CONFIG.toml (or --resume RUN_DIR)")
@@ -148,13 +146,7 @@ def simulate(
     observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
     summary = guarded(lambda: _simulate(config, run_dir, observer, data, resume=resume is not None))
     write_run_plots(run_dir)
-    from fedlab.training.recorder import FAILED
-
-    if str(summary["stopped_because"]).startswith(FAILED):
-        fail(
-            f"the run failed: {summary['stopped_because'][len(FAILED) :]} (results in {run_dir})",
-            RUNTIME_ERROR,
-        )
+    fail_if_run_failed(summary, f"results in {run_dir}")
     if not quiet:
         _print_summary(console, summary)
     console.print(f"results written to {run_dir}", highlight=False)

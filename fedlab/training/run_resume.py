@@ -108,6 +108,16 @@ def open_for_resume(
     return ledger, checkpoint
 
 
+def require_run_dir(run_dir: Path, ledger_file: str = "ledger.sqlite") -> None:
+    """Refuse a directory that holds no run.
+
+    Raises:
+        ConfigError: If ``run_dir`` has no ledger.
+    """
+    if not (run_dir / ledger_file).is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no {ledger_file})")
+
+
 def check_resumable(run_dir: Path, config: RunConfig, ledger_file: str = "ledger.sqlite") -> int:
     """Check that the run in ``run_dir`` can go on with ``config``; return its last committed round.
 
@@ -115,8 +125,7 @@ def check_resumable(run_dir: Path, config: RunConfig, ledger_file: str = "ledger
         ConfigError: If ``run_dir`` holds no run, or ``config`` differs from the run's.
         LedgerError: If the ledger or its checkpoint cannot be used.
     """
-    if not (run_dir / ledger_file).is_file():
-        raise ConfigError(f"--resume {run_dir}: not a run directory (no {ledger_file})")
+    require_run_dir(run_dir, ledger_file)
     ledger, checkpoint = open_for_resume(run_dir, config, ledger_file)
     ledger.close()
     return checkpoint.round_num if checkpoint else 0
