@@ -15,7 +15,7 @@ from flwr.app import Context
 from fedlab.core.config import RunConfig
 from fedlab.flower.app_config import config_from_run_config
 from fedlab.flower.client import PartitionDataSource
-from fedlab.flower.edge import make_node_client_app
+from fedlab.flower.node_app import make_node_client_app
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 

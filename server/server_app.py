@@ -4,7 +4,8 @@ The run config's ``config`` key names a fedlab TOML file relative to the app
 directory; ``overrides``, ``out-dir`` and ``resume`` (with ``out-dir``: go on with that run
 after its last committed round) are optional. Server randomness (DP noise, the
 SecAgg+ graph seeds) is secret (``os.urandom``), as a deployment needs; ``fedlab simulate``
-builds its own seeded settings instead.
+builds its own seeded settings instead. When the run stopped, every connected node is told why,
+so that a device's ``fedlab client`` exits instead of retrying.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def settings_from_context(context: Context) -> ServerSettings:
         min_nodes=config.data.num_clients,
         secure_noise=True,
         resume=resume_from_run_config(context.run_config),
+        announce_end=True,
     )
 
 

@@ -35,18 +35,14 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
-from flwr.clientapp import ClientApp
 
 from fedlab.algorithms.secure_messages import MaskedInputMessage, SetupMessage
 from fedlab.core.config import RunConfig
-from fedlab.core.errors import ConfigError, DataError, FedlabError
+from fedlab.core.errors import ConfigError, DataError
 from fedlab.data.files import load_local_files
 from fedlab.data.types import ArrayDataset
 from fedlab.flower.client import (
-    ClientDataSource,
     ConfigSource,
-    FedlabClient,
-    client_app_of,
     evaluate_reply,
     identity_reply,
 )
@@ -438,62 +434,3 @@ class EdgeClient:
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Evaluate the received model on the device's local data."""
         return evaluate_reply(self.runtime, self._source, msg, context)
-
-
-class NodeDispatcher:
-    """Sends each message to the edge client (device nodes) or the simulation client.
-
-    The edge client is built on first use and not pickled (Ray pickles simulation apps).
-    """
-
-    def __init__(self, simulation: ClientDataSource, config: ConfigSource) -> None:
-        self._simulation = FedlabClient(simulation)
-        self._config = config
-        self._edge: EdgeClient | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_simulation": self._simulation, "_config": self._config, "_edge": None}
-
-    def _edge_client(self) -> EdgeClient:
-        if self._edge is None:
-            self._edge = EdgeClient(EdgeDataSource(self._config))
-        return self._edge
-
-    def train(self, msg: Message, context: Context) -> Message:
-        """Route a train message."""
-        if is_device_node(context.node_config):
-            return _guard(lambda: self._edge_client().train(msg, context), msg)
-        return self._simulation.train(msg, context)
-
-    def query(self, msg: Message, context: Context) -> Message:
-        """Route the identity query."""
-        if is_device_node(context.node_config):
-            return _guard(lambda: self._edge_client().query(msg, context), msg)
-        return self._simulation.query(msg, context)
-
-    def secagg(self, msg: Message, context: Context) -> Message:
-        """Route a SecAgg+ stage message."""
-        if is_device_node(context.node_config):
-            return _guard(lambda: self._edge_client().secagg(msg, context), msg)
-        return self._simulation.secagg(msg, context)
-
-    def evaluate(self, msg: Message, context: Context) -> Message:
-        """Route an evaluate message."""
-        if is_device_node(context.node_config):
-            return _guard(lambda: self._edge_client().evaluate(msg, context), msg)
-        return self._simulation.evaluate(msg, context)
-
-
-def _guard(action: Any, msg: Message) -> Message:
-    """A FedlabError (bad data, budget file) becomes an error reply with one line, logged locally."""
-    try:
-        reply: Message = action()
-    except FedlabError as exc:
-        LOG.error("%s", exc)
-        return Message(Error(code=BUDGET_REFUSED + 1, reason=str(exc)), reply_to=msg)
-    return reply
-
-
-def make_node_client_app(simulation: ClientDataSource, config: ConfigSource) -> ClientApp:
-    """The ClientApp for ``flwr run``: device nodes train on their files, others on partitions."""
-    return client_app_of(NodeDispatcher(simulation, config))

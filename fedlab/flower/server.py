@@ -27,6 +27,7 @@ from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.flower.exchange import exchange
 from fedlab.flower.records import ARRAYS, CONFIG, arrays_record, client_id_from_content, split_replies
+from fedlab.flower.run_end import announce_run_end
 from fedlab.flower.secure_transport import FlowerSecureTransport
 from fedlab.training.recorder import FAILED
 from fedlab.training.run_setup import set_up_run
@@ -48,6 +49,8 @@ class ServerSettings:
         secure_noise: Draw the server's randomness from secret streams (deployment).
         resume: Go on with the run in ``run_dir`` after its last committed round; clients'
             epsilons are then charged on their ledger histories (their context state is new).
+        announce_end: Once the run stopped, tell every connected node why (the run-end query of
+            :mod:`fedlab.flower.run_end`), so that ``fedlab client`` stops instead of retrying.
 
     """
 
@@ -57,6 +60,7 @@ class ServerSettings:
     observer: RoundObserver = field(default_factory=SilentObserver)
     secure_noise: bool = False
     resume: bool = False
+    announce_end: bool = False
 
 
 def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
@@ -186,8 +190,10 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         settings = settings_source(context)
-        run_federation(grid, settings)
+        summary = run_federation(grid, settings)
         if after_run is not None:
             after_run(settings.run_dir)
+        if settings.announce_end:
+            announce_run_end(grid, str(summary["stopped_because"]))
 
     return app

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, MessageType, Metadata, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
 
 import fedlab.flower.exchange
@@ -74,6 +75,7 @@ __all__ = [
     "secure_settings",
     "seeded_source",
     "server_identity",
+    "upload_lost",
 ]
 
 Handler = Callable[[Message], Message | None]
@@ -134,8 +136,8 @@ def install_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 # ---- replies the SuperLink or a client sends ----------------------------------------------------
 
 
-def node_unavailable(msg: Message) -> Message:
-    """The SuperLink's own reply when the destination node's heartbeat expired before it replied."""
+def _lost_reply(msg: Message, code: int, reason: str) -> Message:
+    """An error reply the SuperLink or the Grid makes up for a reply to ``msg`` it does not have."""
     metadata = Metadata(
         run_id=msg.metadata.run_id,
         message_id="",
@@ -147,9 +149,18 @@ def node_unavailable(msg: Message) -> Message:
         ttl=msg.metadata.ttl,
         message_type=msg.metadata.message_type,
     )
-    return Message(
-        error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable"), metadata=metadata
-    )
+    return Message(error=Error(code=code, reason=reason), metadata=metadata)
+
+
+def node_unavailable(msg: Message) -> Message:
+    """The SuperLink's own reply when the destination node's heartbeat expired before it replied."""
+    return _lost_reply(msg, ErrorCode.NODE_UNAVAILABLE, "Error: Node Unavailable")
+
+
+def upload_lost(msg: Message) -> Message:
+    """The Grid's own reply when the node died while uploading its reply (its objects never came)."""
+    reason = "Reply message objects are unavailable. The sender may not have completed the upload."
+    return _lost_reply(msg, ErrorCode.MESSAGE_UNAVAILABLE, reason)
 
 
 def client_error(msg: Message, reason: str = "the ClientApp raised") -> Message:
@@ -168,6 +179,7 @@ class FakeGrid(Grid):
         registered: Nodes the SuperLink knows (messages to others are refused).
         online: Nodes connected now (``get_node_ids``); a known node not online gets its messages
             answered with ``NODE_UNAVAILABLE``.
+        activations: Node id -> how many times it was activated (``get_nodes``' last activation).
         delays: Node id -> seconds after the push before its reply can be pulled.
         sent: Every message the SuperLink accepted, in order.
         refused: Every message it refused.
@@ -185,6 +197,7 @@ class FakeGrid(Grid):
         self.handlers: dict[int, Handler] = dict(handlers)
         self.registered: set[int] = set(handlers)
         self.online: set[int] = set(handlers) if online is None else set(online)
+        self.activations: dict[int, int] = {node: 1 for node in self.online}
         self.delays: dict[int, float] = {}
         self.clock = clock or FakeClock()
         self.sent: list[Message] = []
@@ -203,7 +216,12 @@ class FakeGrid(Grid):
         """A node registers and connects."""
         self.handlers[node] = handler
         self.registered.add(node)
+        self.reactivate(node)
+
+    def reactivate(self, node: int) -> None:
+        """A known node connects again: a new session, with a new activation time."""
         self.online.add(node)
+        self.activations[node] = self.activations.get(node, 0) + 1
 
     # -- the Grid
 
@@ -226,6 +244,12 @@ class FakeGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return sorted(self.online)
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return [
+            NodeInfo(node_id=node, status="online", last_activated_at=f"activation {self.activations[node]}")
+            for node in sorted(self.online)
+        ]
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,14 +32,12 @@ from .fake_grid import (
     RecordingTransport,
     Stage,
     client_error,
-    install_clock,
     node_unavailable,
     reframe,
     secure_config,
     secure_round,
     secure_settings,
     seeded_source,
-    server_identity,
 )
 
 NODES = [101, 102, 103, 104, 105, 106]
@@ -48,15 +46,7 @@ VICTIM = "2"  # the client whose replies are tampered with
 VICTIM_NODE = NODES[int(VICTIM)]
 
 
-@pytest.fixture(autouse=True)
-def _server_process() -> Iterator[None]:
-    with server_identity():
-        yield
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    return install_clock(monkeypatch)
+pytestmark = pytest.mark.usefixtures("server_process")
 
 
 class Federation:
@@ -270,7 +260,7 @@ def lose_at(fed: Federation, stage: Stage, *, restart: bool, back_after: float =
                 if restart:
                     fed.fleet.restart(VICTIM_NODE)  # the device's process died: its state is gone
                 fed.grid.online.discard(VICTIM_NODE)
-                fed.grid.clock.at(fed.grid.clock.now + back_after, lambda: fed.grid.online.add(VICTIM_NODE))
+                fed.grid.clock.at(fed.grid.clock.now + back_after, lambda: fed.grid.reactivate(VICTIM_NODE))
                 return node_unavailable(msg)
         return answer(msg)
 

@@ -7,7 +7,7 @@ clients came back. Waiting runs on a fake clock: no sleeps, no network.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -26,25 +26,16 @@ from .fake_grid import (
     Fleet,
     Handler,
     client_error,
-    install_clock,
     node_unavailable,
     secure_config,
-    server_identity,
+    upload_lost,
 )
 
 TIMEOUT = 30.0
 WEIGHTS = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(3, dtype=np.float32)]
 
 
-@pytest.fixture(autouse=True)
-def _server_process() -> Iterator[None]:
-    with server_identity():
-        yield
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    return install_clock(monkeypatch)
+pytestmark = pytest.mark.usefixtures("server_process")
 
 
 def fake_client(cid: str, value: float = 0.0, num_examples: int = 10) -> Handler:
@@ -102,7 +93,7 @@ def crash_then_return(grid: FakeGrid, node: int, back_at: float | None, times: i
         crashes["left"] -= 1
         grid.online.discard(node)
         if back_at is not None:
-            grid.clock.at(grid.clock.now + back_at, lambda: grid.online.add(node))
+            grid.clock.at(grid.clock.now + back_at, lambda: grid.reactivate(node))
         return node_unavailable(msg)
 
     grid.handlers[node] = handler
@@ -167,8 +158,8 @@ def test_discovery_through_the_real_client_app_gives_partition_ids(clock: FakeCl
 def test_waiting_for_nodes_returns_once_enough_are_connected(clock: FakeClock) -> None:
     grid = fleet_of(clock, 3)
     grid.online = {11}
-    clock.at(5.0, lambda: grid.online.add(12))
-    clock.at(9.0, lambda: grid.online.add(13))
+    clock.at(5.0, lambda: grid.reactivate(12))
+    clock.at(9.0, lambda: grid.reactivate(13))
     assert sorted(wait_for_nodes(grid, count=2, timeout=60.0)) == [11, 12]
     assert 5.0 <= clock.now < 9.0
 
@@ -290,6 +281,81 @@ def test_a_node_that_drops_and_rejoins_is_asked_again(clock: FakeClock) -> None:
     assert all(np.all(a == 2.0) for a in reports["b"].update.arrays)
     assert clock.now < TIMEOUT  # it returned as soon as the rejoined node answered
     assert [len(grid.to(n)) for n in (11, 13, 14)] == [1, 1, 0]
+
+
+def test_a_node_that_rejoins_before_the_server_saw_it_offline_is_asked_again(clock: FakeClock) -> None:
+    # The device took the message and died; its session expired and it rejoined between two polls,
+    # so the SuperLink never answered "node unavailable": the message would wait until the timeout.
+    grid = fleet_of(clock)
+    answer = grid.handlers[12]
+
+    def die_silently(msg: Message) -> None:
+        grid.handlers[12] = answer
+        clock.at(clock.now + 5.0, lambda: grid.reactivate(12))
+
+    grid.handlers[12] = die_silently
+    replies = FlowerTransport(grid, NODES, timeout=TIMEOUT).train(plan("a", "b", "c"), WEIGHTS)
+    assert len(grid.to(12)) == 2
+    assert sorted(reports_by_client(replies)) == ["a", "b", "c"] and replies.failures == ()
+    assert clock.now < 10.0  # asked again as soon as the new session was seen, not at the timeout
+
+
+def test_a_reply_sent_before_the_node_rejoined_is_kept(clock: FakeClock) -> None:
+    grid = fleet_of(clock)
+    grid.delays[12] = 2.0
+    answer = grid.handlers[12]
+
+    def answer_then_restart(msg: Message) -> Message | None:
+        clock.at(clock.now + 3.0, lambda: grid.reactivate(12))
+        return answer(msg)
+
+    grid.handlers[12] = answer_then_restart
+    replies = FlowerTransport(grid, NODES, timeout=TIMEOUT).train(plan("a", "b"), WEIGHTS)
+    assert len(grid.to(12)) == 1
+    assert sorted(reports_by_client(replies)) == ["a", "b"]
+
+
+def test_a_node_that_died_uploading_its_reply_is_asked_again_once_it_rejoins(clock: FakeClock) -> None:
+    grid = fleet_of(clock)
+    answer = grid.handlers[12]
+
+    def die_uploading(msg: Message) -> Message:
+        grid.handlers[12] = answer
+        grid.online.discard(12)
+        clock.at(clock.now + 6.0, lambda: grid.reactivate(12))
+        return upload_lost(msg)
+
+    grid.handlers[12] = die_uploading
+    replies = FlowerTransport(grid, NODES, timeout=TIMEOUT).train(plan("a", "b", "c"), WEIGHTS)
+    assert len(grid.to(12)) == 2
+    assert sorted(reports_by_client(replies)) == ["a", "b", "c"] and replies.failures == ()
+
+
+def test_a_lost_upload_from_a_node_still_in_its_session_is_a_failure(clock: FakeClock) -> None:
+    grid = fleet_of(clock)
+    grid.handlers[12] = upload_lost
+    replies = FlowerTransport(grid, NODES, timeout=TIMEOUT).train(plan("a", "b"), WEIGHTS)
+    assert len(grid.to(12)) == 1  # the same session: not asked again (it would refuse a second release)
+    (failure,) = replies.failures
+    assert "unavailable" in failure and sorted(reports_by_client(replies)) == ["a"]
+
+
+def test_a_reply_that_came_while_the_grid_was_busy_past_the_timeout_is_read(clock: FakeClock) -> None:
+    # Pulling a lost upload makes Flower's Grid retry for minutes; the others' replies came meanwhile.
+    grid = fleet_of(clock)
+    grid.delays[11] = 1.0
+    pull = grid.pull_messages
+    blocked = {"once": True}
+
+    def slow_pull(message_ids: Iterable[str]) -> Iterable[Message]:
+        ready = list(pull(message_ids))
+        if blocked.pop("once", False):
+            clock.sleep(TIMEOUT + 60.0)
+        return ready
+
+    grid.pull_messages = slow_pull  # type: ignore[method-assign]
+    replies = FlowerTransport(grid, NODES, timeout=TIMEOUT).train(plan("a", "b"), WEIGHTS)
+    assert sorted(reports_by_client(replies)) == ["a", "b"] and replies.failures == ()
 
 
 def test_a_node_lost_twice_is_asked_until_it_answers(clock: FakeClock) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 from flwr.app import Message, MessageType
@@ -15,15 +13,12 @@ from fedlab.flower.records import ARRAYS, identity_reply_content, train_reply_co
 from fedlab.flower.server import FlowerTransport
 from tests.algorithms.secure_local_transport import MemoryRecorder
 
-from .fake_grid import FakeClock, FakeGrid, Handler, install_clock, server_identity
+from .fake_grid import FakeClock, FakeGrid, Handler, install_clock
 
 WEIGHTS = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
 
 
-@pytest.fixture(autouse=True)
-def _server_process() -> Iterator[None]:
-    with server_identity():
-        yield
+pytestmark = pytest.mark.usefixtures("server_process")
 
 
 def client(cid: str, value: float, num_examples: int = 10) -> Handler:

@@ -32,7 +32,7 @@ deltas = log_uniform(1e-8, 1e-3)
 
 FAST = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 SWEEP = settings(
-    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=70, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 
 

@@ -49,12 +49,12 @@ from fedlab.secagg.wire import (
 T = TypeVar("T")
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("FEDLAB_FUZZ_EXAMPLES", "250")),
+    max_examples=int(os.environ.get("FEDLAB_FUZZ_EXAMPLES", "120")),
     deadline=2000,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-"""Bounded fuzzing for CI: a few hundred examples, each within 2 s, nothing saved to disk.
+"""Bounded fuzzing for CI: 120 examples per test, each within 2 s, nothing saved to disk.
 
 Set ``FEDLAB_FUZZ_EXAMPLES`` (e.g. 20000) to fuzz longer on a workstation.
 """

@@ -29,6 +29,7 @@ from fedlab.flower.deploy.processes import (
     start_process,
     stop_process,
 )
+from fedlab.flower.run_end import clear_run_ended, read_run_ended
 
 HEARTBEAT_INTERVAL = 10.0
 """Seconds between a device's heartbeats (flwr 1.41 accepts 10..1800; its SuperNode has 30 fixed).
@@ -245,6 +246,7 @@ FATAL_MARKERS = ("Exit Code:", "Giving up reconnection")
 class _Tail:
     lines: list[str] = field(default_factory=list)
     fatal: threading.Event = field(default_factory=threading.Event)
+    run_ended: str | None = None  # why the server said the run ended
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
@@ -256,6 +258,8 @@ class _Tail:
 ACTIVATION_REFUSED = "Failed to activate SuperNode"
 SESSION_EXPIRY_HEARTBEATS = 2
 """The SuperLink keeps a node's lost session online for this many heartbeat intervals."""
+RUN_END_GRACE = 2.0
+"""Seconds the SuperNode may still run once the server ended the run (to acknowledge it)."""
 
 
 def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
@@ -269,7 +273,9 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
     5 s) after the first refusal, or ``max_wait_time`` if shorter; refused after that, the
     key is not registered, and that is the error.
     Once the SuperNode reports a fatal error it is stopped by PID (flwr 1.41 can hang
-    after giving up).
+    after giving up). When the server ends the run it tells the device why (the ClientApp
+    writes ``run-ended.json`` into the state directory, see :mod:`fedlab.flower.run_end`): the
+    SuperNode is stopped ``RUN_END_GRACE`` s later and the client returns 0.
 
     Security: the refusal messages distinguish a wrong CA (impostor server or wrong
     ``--root-cert``) from an unregistered key, so an operator does not "fix" a TLS
@@ -282,6 +288,7 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
     """
     check_client_launch(launch)
     launch.state_dir.mkdir(parents=True, exist_ok=True)
+    clear_run_ended(launch.state_dir)
     env = flower_env(launch.state_dir / "flwr-home")
     file_log = file_sink(launch.state_dir / "supernode.log")
     budget = launch.max_wait_time if launch.max_wait_time is not None else math.inf
@@ -291,7 +298,7 @@ def run_client(launch: ClientLaunch, *, log: LineSink) -> int:
     while True:
         tail = _Tail()
         code = _supernode_once(launch, env, [tail, file_log, log], tail, log)
-        if code == 0 and not tail.fatal.is_set():
+        if tail.run_ended is not None or (code == 0 and not tail.fatal.is_set()):
             return 0
         refused = any(ACTIVATION_REFUSED in line for line in tail.lines)
         if refused and deadline > time.monotonic() + expiry:
@@ -339,6 +346,11 @@ def _supernode_once(
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     break
+            tail.run_ended = read_run_ended(launch.state_dir)
+            if tail.run_ended is not None:
+                time.sleep(RUN_END_GRACE)  # the SuperNode sends the acknowledgement meanwhile
+                log(f"the server ended the run ({tail.run_ended}); stopping the SuperNode")
+                break
     finally:
         stop_process(proc, grace=5)
         os.close(lifeline)
