@@ -127,16 +127,35 @@ def _indicators(reports: Sequence[TrainReport], round_num: int) -> list[float]:
     return kept
 
 
-def _noisy_mean_delta(
+def noisy_mean_delta(
     reports: Sequence[TrainReport],
-    settings: DpFedAvgSettings,
+    *,
     clip_norm: float,
-    shapes: list[tuple[int, ...]],
+    noise_multiplier: float,
+    denominator: float,
+    shapes: Sequence[tuple[int, ...]],
     rng: RandomStream,
 ) -> list[np.ndarray]:
-    mechanism = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=settings.update_noise_multiplier())
-    total, _ = clipped_sum([r.update for r in reports], mechanism, shapes=shapes)
-    return mechanism.add_noise(total, denominator=settings.denominator, rng=rng)
+    """The round's release: the clipped deltas summed with weight 1, noised once, over ``denominator``.
+
+    Each delta is clipped to ``clip_norm``, the sum gets Gaussian noise of standard deviation
+    ``noise_multiplier * clip_norm`` drawn from ``rng``, and the result is divided by the fixed
+    denominator (q*N). No reports release noise alone.
+
+    Example:
+        >>> from fedlab.core.update import Update
+        >>> from fedlab.privacy.secure_random import SecureRandom
+        >>> def report(x):
+        ...     update = Update((np.array([x, 0.0]),), 1)
+        ...     return TrainReport("c", update, float("nan"), float("inf"), 0.0, 1.0, 1)
+        >>> out = noisy_mean_delta([report(3.0), report(-0.5)], clip_norm=1.0, noise_multiplier=1e-9,
+        ...                        denominator=2.0, shapes=[(2,)], rng=SecureRandom())
+        >>> np.round(out[0], 6).tolist()
+        [0.25, 0.0]
+    """
+    mechanism = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=noise_multiplier)
+    total, _ = clipped_sum([r.update for r in reports], mechanism, shapes=list(shapes))
+    return mechanism.add_noise(total, denominator=denominator, rng=rng)
 
 
 def run_dp_fedavg(
@@ -213,7 +232,14 @@ def run_dp_fedavg(
         replies = transport.train(plan, weights)
         rules = UpdateRules.for_model(weights, max_norm=clip, max_examples=settings.max_examples)
         kept, rejected = screen(replies.reports, rules, round_num)
-        delta_mean = _noisy_mean_delta(kept, settings, clip, shapes, noise_rng)
+        delta_mean = noisy_mean_delta(
+            kept,
+            clip_norm=clip,
+            noise_multiplier=settings.update_noise_multiplier(),
+            denominator=settings.denominator,
+            shapes=shapes,
+            rng=noise_rng,
+        )
         weights = apply_delta(weights, delta_mean)
         spent.compose(round_event)
         epsilon = spent.epsilon(delta=settings.delta)

@@ -1,10 +1,26 @@
 """The Flower side of fedlab: the only package that imports flwr.
 
+For a Flower app of your own:
+
+- :class:`FedlabDpFedAvg` (``dp_strategy``): fedlab's user-level DP-FedAvg around any Flower
+  Message-API strategy (``FedAvg``, ``FedAdam``, ...), with PLD accounting, the budget guard and
+  the privacy ledger.
+- :class:`FlowerAccountant` (``privacy_accountant``): fedlab's PLD, PRV or RDP accountant as
+  Flower's ``PrivacyAccountant``, for Flower's own DP strategies.
+
+fedlab's own apps:
+
 - Message-API adapters that move messages and convert records: ``server`` (the ``ServerApp``
   around :func:`~fedlab.algorithms.runs.run_configured`), ``client`` (the ``ClientApp``),
   ``records``, ``exchange``, ``secure_transport`` (SecAgg+ stages over the Grid) and
-  ``secure_client`` (SecAgg+ stages in the ClientApp).
+  ``secure_client`` (SecAgg+ stages in the ClientApp); ``run_end`` (telling the nodes that the
+  run ended); ``node_app`` (the ClientApp of ``flwr run``: devices and simulation partitions).
 - ``simulation``: a federation on Flower's simulation engine (Ray).
 - ``edge``: the client of a real device, with its own privacy budget file.
 - ``deploy``: certificates, the federation file, and the SuperLink and SuperNode processes.
 """
+
+from fedlab.flower.dp_strategy import FedlabDpFedAvg
+from fedlab.flower.privacy_accountant import FlowerAccountant
+
+__all__ = ["FedlabDpFedAvg", "FlowerAccountant"]
