@@ -150,7 +150,7 @@ def noisy_mean_delta(
         ...     return TrainReport("c", update, float("nan"), float("inf"), 0.0, 1.0, 1)
         >>> out = noisy_mean_delta([report(3.0), report(-0.5)], clip_norm=1.0, noise_multiplier=1e-9,
         ...                        denominator=2.0, shapes=[(2,)], rng=SecureRandom())
-        >>> np.round(out[0], 6).tolist()
+        >>> (np.round(out[0], 6) + 0.0).tolist()  # + 0.0 turns a noisy -0.0 into 0.0
         [0.25, 0.0]
     """
     mechanism = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=noise_multiplier)

@@ -34,6 +34,27 @@ app = typer.Typer(
 )
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets: ledgers, epsilon, calibration.")
 app.add_typer(privacy_app, name="privacy")
+DISTRIBUTION = "fedlab-privacy"
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
+        except PackageNotFoundError:
+            typer.echo(f"{DISTRIBUTION} (not installed: run from source)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Private federated learning."""
 
 
 def _check_data(config: RunConfig) -> FederatedData:
@@ -125,7 +146,12 @@ def simulate(
         ),
     ] = None,
 ) -> None:
-    """Run a federation of simulated clients and write metrics, ledger, plots and summary."""
+    """Run a federation of simulated clients and write metrics, ledger, plots and summary.
+
+    Ready configs: simulations/*.toml (for example simulations/digits-dp.toml).
+
+    Every key: README.md, section "Configuration"; defaults in fedlab/core/config.py.
+    """
     chosen = [f'simulation.backend="{backend}"'] if backend is not None else []
     settings = [*(overrides or []), *chosen]
     refuse_out_with_resume(resume, out)

@@ -58,6 +58,10 @@ from fedlab.privacy.secure_random import RandomStream, SecureRandom
 CLIP_NORM = KEY_CLIPPING_NORM
 """The train config key carrying the round's clip norm: Flower's own, so that Flower's
 ``fixedclipping_mod`` clips on the client (with ``client_clipping=True``)."""
+NOISE_MULTIPLIER = "noise-multiplier"
+"""The train config key carrying z (public: a device can charge its own budget for the round)."""
+SAMPLE_RATE = "sample-rate"
+"""The train config key carrying q (public, as z)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class FedlabDpFedAvg(Strategy):
         weighted_by_key: The metric the wrapped strategy weights replies by.
 
     Raises:
-        ValueError: On a rate outside (0, 1], a non-positive z, C or N, or a bad delta.
+        ValueError: On a rate outside (0, 1], a non-positive z, C or N, a bad delta, or a ledger
+            file that exists.
 
     Example:
         >>> from flwr.serverapp.strategy import FedAvg
@@ -122,6 +127,8 @@ class FedlabDpFedAvg(Strategy):
             raise ValueError("noise_multiplier, clipping_norm and population_size must be positive")
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1); got {delta!r}")
+        if ledger is not None and ledger.exists():
+            raise ValueError(f"ledger {ledger} exists: give a new path (a ledger holds one run)")
         self.strategy = strategy
         self.noise_multiplier = noise_multiplier
         self.sample_rate = sample_rate
@@ -156,7 +163,10 @@ class FedlabDpFedAvg(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Check the budget, sample the cohort, and send it the wrapped strategy's train content."""
+        """Check the budget, sample the cohort, and send it the wrapped strategy's train content.
+
+        The train config gains the round's public DP settings: C (Flower's key), z and q.
+        """
         if self.max_epsilon is not None and self._spent.would_exceed(
             self._event, max_epsilon=self.max_epsilon, delta=self.delta
         ):
@@ -164,7 +174,12 @@ class FedlabDpFedAvg(Strategy):
             raise PrivacyBudgetExhausted(
                 f"round {server_round} would raise epsilon to {after:.4g} > max_epsilon {self.max_epsilon:g}"
             )
-        round_config = ConfigRecord({**dict(config), CLIP_NORM: self.clip_norm})
+        public = {
+            CLIP_NORM: self.clip_norm,
+            NOISE_MULTIPLIER: self.noise_multiplier,
+            SAMPLE_RATE: self.sample_rate,
+        }
+        round_config = ConfigRecord({**dict(config), **public})
         offered = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
         if not offered:
             return []

@@ -20,7 +20,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
-from fedlab.flower.dp_strategy import CLIP_NORM, FedlabDpFedAvg
+from fedlab.flower.dp_strategy import CLIP_NORM, NOISE_MULTIPLIER, SAMPLE_RATE, FedlabDpFedAvg
 from fedlab.privacy.ledger import PrivacyLedger
 
 from .fake_grid import FakeGrid, install_clock
@@ -112,7 +112,9 @@ def test_every_node_is_asked_independently_at_rate_q(monkeypatch: pytest.MonkeyP
         assert len(set(targets)) == len(targets)
         asked[targets] += 1
         sizes.add(len(targets))
-        assert all(m.content.config_records["config"][CLIP_NORM] == 1.0 for m in messages)
+        for m in messages:
+            config = m.content.config_records["config"]
+            assert (config[CLIP_NORM], config[NOISE_MULTIPLIER], config[SAMPLE_RATE]) == (1.0, 1.0, 0.3)
     rate = asked[1:] / 300
     assert np.all(np.abs(rate - 0.3) < 5 * math.sqrt(0.3 * 0.7 / 300))
     assert len(sizes) > 3  # the cohort size is random, not fixed
@@ -221,3 +223,10 @@ def test_flowers_loop_stops_at_the_budget_and_the_ledger_holds_every_round(tmp_p
     assert len(epsilons) > 1
     assert dp.epsilon == pytest.approx(epsilons[-1], rel=2e-3) and dp.epsilon <= budget
     assert totals and totals[0].epsilon == pytest.approx(epsilons[-1], rel=2e-3)
+
+
+def test_a_ledger_that_exists_is_refused_before_any_round(tmp_path) -> None:
+    taken = tmp_path / "ledger.sqlite"
+    taken.write_bytes(b"")
+    with pytest.raises(ValueError, match="exists"):
+        wrapper(ledger=taken)
