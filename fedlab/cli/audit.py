@@ -119,7 +119,7 @@ def audit(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Run the federation with canaries; print the claimed epsilon and a measured lower bound."""
-    from fedlab.cli.progress import RichRoundProgress
+    from fedlab.cli.progress import round_progress
     from fedlab.sim.audit import AuditSettings, run_audit
 
     config = guarded(lambda: load_config(config_path, overrides or []))
@@ -134,7 +134,7 @@ def audit(
         if quiet:
             return SilentObserver()
         console.print(f"audit run {seed + 1}/{seeds}", highlight=False)
-        return RichRoundProgress(console)
+        return round_progress(console)
 
     try:
         report = run_audit(config, settings, directory, observer)

@@ -167,9 +167,9 @@ def simulate(
     console = Console()
     console.print(f"{'resuming' if resume else 'run directory:'} {run_dir}", highlight=False)
     from fedlab.cli.plots import write_run_plots
-    from fedlab.cli.progress import RichRoundProgress
+    from fedlab.cli.progress import round_progress
 
-    observer: RoundObserver = SilentObserver() if quiet else RichRoundProgress(console)
+    observer: RoundObserver = SilentObserver() if quiet else round_progress(console)
     summary = guarded(lambda: _simulate(config, run_dir, observer, data, resume=resume is not None))
     write_run_plots(run_dir)
     fail_if_run_failed(summary, f"results in {run_dir}")
@@ -397,10 +397,12 @@ def _finite_or_null(value: Any) -> Any:
 
 def _register_deployment_commands() -> None:
     from fedlab.cli.audit import register as register_audit
+    from fedlab.cli.data import register as register_data
     from fedlab.cli.deploy import register
 
     register(app)
     register_audit(app)
+    register_data(app)
 
 
 _register_deployment_commands()

@@ -45,11 +45,12 @@ from fedlab.core.toml_input import read_toml as read_toml
 
 @dataclass(frozen=True)
 class RunSection:
-    """Identity and length of a run."""
+    """Identity and length of a run; ``tensorboard``: also write TensorBoard event files."""
 
     name: str = "fedlab"
     seed: int = 0
     rounds: int = 10
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         check_min("run.rounds", self.rounds, 1)

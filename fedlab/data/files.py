@@ -18,7 +18,9 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 _MAX_PIXEL = 255.0
 
 
-def load_local_files(path: Path, *, label_column: str = "label") -> ArrayDataset:
+def load_local_files(
+    path: Path, *, label_column: str = "label", num_classes: int | None = None
+) -> ArrayDataset:
     """Load a local data set.
 
     Two layouts are understood:
@@ -29,11 +31,15 @@ def load_local_files(path: Path, *, label_column: str = "label") -> ArrayDataset
       every image is grayscale, else ``C = 3`` (RGB; alpha is dropped);
     - a ``.csv`` or ``.parquet`` file with a label column; every other column is a
       numeric feature (``x`` of shape ``(n, f)``) and the distinct labels are
-      numbered ``0 .. K-1`` in sorted order.
+      numbered ``0 .. K-1`` in sorted order; with ``num_classes``, whole-number labels in
+      ``0 .. num_classes-1`` keep their value (a device's table that lacks some classes keeps
+      the task's label numbers).
 
     Args:
         path: The folder or file.
         label_column: Name of the label column in a table.
+        num_classes: The task's number of classes, when a table may lack some (None: the
+            distinct labels found).
 
     Raises:
         DataError: On a missing path, an empty folder, unreadable or differently sized
@@ -50,7 +56,7 @@ def load_local_files(path: Path, *, label_column: str = "label") -> ArrayDataset
             f"data.path: unsupported file type {suffix or '(none)'!r} in {path} "
             "(expected a folder of images, .csv or .parquet)"
         )
-    return _table_to_dataset(_read_table(path), path, label_column)
+    return _table_to_dataset(_read_table(path), path, label_column, num_classes)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -120,7 +126,9 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"data.path: cannot read {path}: {_one_line(exc)}") from None
 
 
-def _table_to_dataset(frame: pd.DataFrame, path: Path, label_column: str) -> ArrayDataset:
+def _table_to_dataset(
+    frame: pd.DataFrame, path: Path, label_column: str, num_classes: int | None = None
+) -> ArrayDataset:
     if label_column not in frame.columns:
         raise DataError(f"data.label_column: column {label_column!r} not in {path}")
     if len(frame) == 0:
@@ -129,8 +137,8 @@ def _table_to_dataset(frame: pd.DataFrame, path: Path, label_column: str) -> Arr
     if features.shape[1] == 0:
         raise DataError(f"data.path: no feature columns besides {label_column!r} in {path}")
     _check_features(features, path)
-    codes, num_classes = _encode_labels(frame[label_column], path, label_column)
-    return ArrayDataset(features.to_numpy(dtype=np.float32), codes, num_classes=num_classes)
+    codes, classes = _encode_labels(frame[label_column], path, label_column, num_classes)
+    return ArrayDataset(features.to_numpy(dtype=np.float32), codes, num_classes=classes)
 
 
 def _check_features(features: pd.DataFrame, path: Path) -> None:
@@ -142,10 +150,25 @@ def _check_features(features: pd.DataFrame, path: Path) -> None:
             raise DataError(f"data.path: feature column {name!r} in {path} has missing values")
 
 
-def _encode_labels(labels: pd.Series, path: Path, label_column: str) -> tuple[NDArray[np.int64], int]:
-    """Return the labels numbered ``0 .. K-1`` in sorted order, and ``K``."""
+def _encode_labels(
+    labels: pd.Series, path: Path, label_column: str, num_classes: int | None = None
+) -> tuple[NDArray[np.int64], int]:
+    """The labels as class numbers, and the number of classes.
+
+    Whole-number labels in ``0 .. num_classes-1`` keep their value when ``num_classes`` is given;
+    otherwise the distinct labels are numbered ``0 .. K-1`` in sorted order.
+    """
     if labels.isna().any():
         raise DataError(f"data.label_column: column {label_column!r} in {path} has missing values")
+    values = labels.to_numpy()
+    if num_classes is not None and pd.api.types.is_numeric_dtype(labels):
+        whole = np.all(np.mod(values, 1) == 0)
+        if whole and values.min() >= 0 and values.max() < num_classes:
+            return values.astype(np.int64).reshape(-1), num_classes
+        raise DataError(
+            f"data.label_column: column {label_column!r} in {path} must hold whole numbers "
+            f"0..{num_classes - 1} (num_classes {num_classes})"
+        )
     try:
         classes, codes = np.unique(labels.to_numpy(), return_inverse=True)
     except TypeError:

@@ -188,3 +188,25 @@ class PartitionedData:
     def client_sizes(self) -> NDArray[np.int64]:
         """Return every client's number of examples."""
         return np.array([p.shape[0] for p in self.partitions], dtype=np.int64)
+
+
+def range_mismatch(
+    x: NDArray[np.floating], expected: tuple[float, float], *, slack: float = 0.1
+) -> str | None:
+    """Why features ``x`` do not look scaled like data spanning ``expected`` (None: they do).
+
+    They do not when their minimum or maximum lies outside ``expected`` widened by ``slack``
+    times its width on each side (features on another scale train silently to a worse model).
+
+    Example:
+        >>> range_mismatch(np.array([0.0, 0.5, 1.0]), (0.0, 1.0)) is None
+        True
+        >>> range_mismatch(np.array([0.0, 16.0]), (0.0, 1.0))
+        'features span [0, 16] but the server expects about [0, 1]'
+    """
+    low, high = float(np.min(x)), float(np.max(x))
+    margin = slack * max(expected[1] - expected[0], 1e-12)
+    if low < expected[0] - margin or high > expected[1] + margin:
+        lo, hi = expected
+        return f"features span [{low:g}, {high:g}] but the server expects about [{lo:g}, {hi:g}]"
+    return None

@@ -7,6 +7,10 @@ For a Flower app of your own:
   the privacy ledger.
 - :class:`FlowerAccountant` (``privacy_accountant``): fedlab's PLD, PRV or RDP accountant as
   Flower's ``PrivacyAccountant``, for Flower's own DP strategies.
+- ClientApp mods (``client_privacy``): :func:`clipping_mod` (client-side clipping for
+  :class:`FedlabDpFedAvg`) and :class:`DeviceBudgetMod` (the device's own budget file decides
+  whether a train reply leaves); :func:`private_training` (fedlab's DP-SGD on your model, optimizer
+  and data loader in ``@app.train``, its accountant history kept in the context state).
 
 fedlab's own apps:
 
@@ -20,7 +24,8 @@ fedlab's own apps:
 - ``deploy``: certificates, the federation file, and the SuperLink and SuperNode processes.
 """
 
+from fedlab.flower.client_privacy import DeviceBudgetMod, clipping_mod, private_training
 from fedlab.flower.dp_strategy import FedlabDpFedAvg
 from fedlab.flower.privacy_accountant import FlowerAccountant
 
-__all__ = ["FedlabDpFedAvg", "FlowerAccountant"]
+__all__ = ["DeviceBudgetMod", "FedlabDpFedAvg", "FlowerAccountant", "clipping_mod", "private_training"]

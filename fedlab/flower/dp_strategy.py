@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedlab.algorithms.dp_fedavg import MECHANISM, noisy_mean_delta
@@ -62,6 +62,10 @@ NOISE_MULTIPLIER = "noise-multiplier"
 """The train config key carrying z (public: a device can charge its own budget for the round)."""
 SAMPLE_RATE = "sample-rate"
 """The train config key carrying q (public, as z)."""
+ROUNDS = "rounds"
+"""The train config key carrying T, the rounds :meth:`FedlabDpFedAvg.start` was asked for (public)."""
+UNCLIPPED = "fedlab-unclipped"
+"""The reply metric of a client that clips (``clipping_mod``): b = 1[norm <= C] - 1/2 before clipping."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,10 @@ class FedlabDpFedAvg(Strategy):
         max_epsilon: Do not start a round that would take epsilon above this.
         accountant: ``"pld"``, ``"prv"`` or ``"rdp"``.
         adaptive: Adaptive clipping (its ``clip_norm`` replaces ``clipping_norm``), or None.
-        client_clipping: The clients clip (Flower's ``fixedclipping_mod`` reads C from the train
-            config): reject a delta over C instead of clipping it on the server.
+        client_clipping: The clients clip (fedlab's ``clipping_mod`` or Flower's
+            ``fixedclipping_mod`` read C from the train config): reject a delta over C instead of
+            clipping it on the server. Adaptive clipping then counts the bit ``clipping_mod``
+            reports (a reply without one counts 0, between the two bits).
         ledger: A fedlab privacy ledger file to create and commit every round to, or None.
         noise_rng: Where the noise comes from (default: a fresh secret stream).
         sample_rng: Where the cohorts come from (default: a fresh secret stream).
@@ -147,6 +153,7 @@ class FedlabDpFedAvg(Strategy):
         self._ledger_path = ledger
         self._ledger: PrivacyLedger | None = None
         self._rounds: dict[int, _Round] = {}
+        self.num_rounds: int | None = None
 
     @property
     def denominator(self) -> float:
@@ -160,12 +167,29 @@ class FedlabDpFedAvg(Strategy):
             total_noise_multiplier=self.noise_multiplier, count_noise_std=self.adaptive.count_noise_std
         )
 
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Flower's round loop, with ``num_rounds`` announced to the clients (a device charges the run)."""
+        self.num_rounds = num_rounds
+        return super().start(
+            grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config, evaluate_fn
+        )
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Check the budget, sample the cohort, and send it the wrapped strategy's train content.
 
-        The train config gains the round's public DP settings: C (Flower's key), z and q.
+        The train config gains the round's public DP settings: C (Flower's key), z, q and, once
+        :meth:`start` set it, T.
         """
         if self.max_epsilon is not None and self._spent.would_exceed(
             self._event, max_epsilon=self.max_epsilon, delta=self.delta
@@ -178,6 +202,7 @@ class FedlabDpFedAvg(Strategy):
             CLIP_NORM: self.clip_norm,
             NOISE_MULTIPLIER: self.noise_multiplier,
             SAMPLE_RATE: self.sample_rate,
+            **({ROUNDS: self.num_rounds} if self.num_rounds is not None else {}),
         }
         round_config = ConfigRecord({**dict(config), **public})
         offered = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
@@ -204,10 +229,12 @@ class FedlabDpFedAvg(Strategy):
                 local = record.to_numpy_ndarrays()
             except (ValueError, TypeError):
                 continue
-            count = 0
+            count, reported = 0, None
             for metrics in reply.content.metric_records.values():
                 value = metrics.get(self.weighted_by_key)
                 count = value if isinstance(value, int) and not isinstance(value, bool) else count
+                bit = metrics.get(UNCLIPPED)
+                reported = float(bit) if isinstance(bit, float) and bit in (0.5, -0.5) else reported
             matches = len(local) == len(current) and all(
                 np.shape(a) == np.shape(b) for a, b in zip(local, current, strict=False)
             )
@@ -225,6 +252,8 @@ class FedlabDpFedAvg(Strategy):
             indicator = (
                 norm_indicator(update_norm=norm, clip_norm=self.clip_norm) if math.isfinite(norm) else None
             )
+            if self.client_clipping and indicator is not None:
+                indicator = reported  # the norm seen here is after the client's clipping
             reports.append(
                 TrainReport(
                     client_id=str(reply.metadata.src_node_id),
@@ -277,7 +306,12 @@ class FedlabDpFedAvg(Strategy):
         self.epsilon = self._spent.epsilon(delta=self.delta)
         self._commit(server_round)
         content = RecordDict(
-            {"arrays": ArrayRecord(released), "metrics": MetricRecord({self.weighted_by_key: 1})}
+            {
+                "arrays": ArrayRecord(
+                    {key: Array(w) for key, w in zip(state.arrays.keys(), released, strict=True)}
+                ),
+                "metrics": MetricRecord({self.weighted_by_key: 1}),
+            }
         )
         arrays, metrics = self.strategy.aggregate_train(
             server_round, [Message(content, reply_to=state.template)]

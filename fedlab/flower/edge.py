@@ -40,13 +40,14 @@ from fedlab.algorithms.secure_messages import MaskedInputMessage, SetupMessage
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError, DataError
 from fedlab.data.files import load_local_files
-from fedlab.data.types import ArrayDataset
+from fedlab.data.types import ArrayDataset, range_mismatch
 from fedlab.flower.client import (
     ConfigSource,
     evaluate_reply,
     identity_reply,
 )
-from fedlab.flower.records import ARRAYS, CONFIG, train_reply_content
+from fedlab.flower.client_privacy import BUDGET_REFUSED
+from fedlab.flower.records import ARRAYS, CONFIG, FEATURE_RANGE, train_reply_content
 from fedlab.flower.secure_client import (
     SECAGG_STATE,
     SecureStageClient,
@@ -87,7 +88,6 @@ FEATURE_SHAPE = "feature-shape"
 NUM_CLASSES = "num-classes"
 LABEL_COLUMN = "label-column"
 BUDGET_FILE = "budget.sqlite"
-BUDGET_REFUSED = 4001  # the Error code of a refusal (outside Flower's own codes)
 ANNOUNCED = "fedlab-device-round"
 """Context-state record of the encoding stage 0 announced (distributed DP), checked at stage 2."""
 
@@ -205,7 +205,9 @@ def load_device_data(settings: DeviceSettings) -> ArrayDataset:
     Raises:
         DataError: On missing or unreadable data, or a shape that does not fit.
     """
-    data = load_local_files(settings.data_path, label_column=settings.label_column)
+    data = load_local_files(
+        settings.data_path, label_column=settings.label_column, num_classes=settings.num_classes
+    )
     x = data.x
     if settings.feature_shape is not None:
         if math.prod(settings.feature_shape) != math.prod(data.feature_shape):
@@ -302,9 +304,10 @@ class DeviceRound:
 
     def check(self, charge: Charge) -> RoundDecision:
         """Apply the rule to ``charge``; raises :class:`_RefusedError` with the reason if it refuses."""
+        dp = self.config.dp
         decision = decide(
-            self.budget, self.settings.policy, config=self.config, run_id=self.run_id,
-            server_round=self.server_round, charge=charge,
+            self.budget, self.settings.policy, run_id=self.run_id, server_round=self.server_round,
+            charge=charge, run_delta=dp.delta, accountant=dp.resolved_accountant if dp.dpsgd else "rdp",
         )  # fmt: skip
         if decision.refusal is not None:
             raise self.refusal(decision.refusal, decision)
@@ -354,6 +357,7 @@ class EdgeClient:
         self.runtime = ClientRuntime(max_trainers=1)
         self._calibrated: dict[CalibrationKey, float] = {}
         self._secure = SecureStageClient(self.runtime)  # os.urandom: keys and masks are never seeded here
+        self._range_checked = False
 
     def train(self, msg: Message, context: Context) -> Message:
         """Train one round if the budget allows; else reply with an error saying why."""
@@ -364,6 +368,7 @@ class EdgeClient:
         server_round = int(round_config["server-round"])  # type: ignore[arg-type]
         seed = int(round_config["round-seed"])  # type: ignore[arg-type]
         clip = round_config.get("clip-norm")
+        self._warn_if_scaled_otherwise(settings, data, round_config.get(FEATURE_RANGE))
         with ClientBudget.open(settings.budget_path) as budget:
             device = DeviceRound(budget, settings, config, int(context.run_id), server_round)
             try:
@@ -379,6 +384,20 @@ class EdgeClient:
                 return Message(Error(code=BUDGET_REFUSED, reason=str(refused)), reply_to=msg)
         report = dataclasses.replace(report, epsilon=max(0.0, report.epsilon))  # never negative
         return Message(train_reply_content(report), reply_to=msg)
+
+    def _warn_if_scaled_otherwise(
+        self, settings: DeviceSettings, data: ClientData, announced: object
+    ) -> None:
+        """Once per process: warn when the device's features are not on the server's scale."""
+        if self._range_checked or not (isinstance(announced, list) and len(announced) == 2):
+            return
+        self._range_checked = True
+        why = range_mismatch(data.train.x, (float(announced[0]), float(announced[1])))
+        if why is not None:
+            LOG.warning(
+                "device %s: %s; scale them as the server does (fedlab data split writes such files)",
+                settings.device_id, why,
+            )  # fmt: skip
 
     def secagg(self, msg: Message, context: Context) -> Message:
         """Answer one SecAgg+ stage within the device's budget (see the module docstring).

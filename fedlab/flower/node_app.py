@@ -17,7 +17,8 @@ from flwr.clientapp import ClientApp
 
 from fedlab.core.errors import FedlabError
 from fedlab.flower.client import ClientDataSource, ConfigSource, FedlabClient, client_app_of
-from fedlab.flower.edge import BUDGET_REFUSED, EdgeClient, EdgeDataSource, device_settings, is_device_node
+from fedlab.flower.client_privacy import BUDGET_REFUSED
+from fedlab.flower.edge import EdgeClient, EdgeDataSource, device_settings, is_device_node
 from fedlab.flower.run_end import run_end_reason, write_run_ended
 
 LOG = logging.getLogger("fedlab.client")

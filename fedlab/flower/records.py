@@ -18,6 +18,8 @@ from fedlab.core.update import Update
 ARRAYS = "arrays"
 METRICS = "metrics"
 CONFIG = "config"
+FEATURE_RANGE = "feature-range"
+"""Train config key: the central test set's [smallest, largest] feature (a device checks its scale)."""
 CLIENT = "client"
 NOT_PRIVATE = math.inf
 

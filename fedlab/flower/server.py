@@ -12,12 +12,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from logging import ERROR, INFO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
 from fedlab.algorithms.federation import RoundPlan
 from fedlab.algorithms.runs import run_configured
@@ -26,7 +29,14 @@ from fedlab.core.errors import FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.flower.exchange import exchange
-from fedlab.flower.records import ARRAYS, CONFIG, arrays_record, client_id_from_content, split_replies
+from fedlab.flower.records import (
+    ARRAYS,
+    CONFIG,
+    FEATURE_RANGE,
+    arrays_record,
+    client_id_from_content,
+    split_replies,
+)
 from fedlab.flower.run_end import announce_run_end
 from fedlab.flower.secure_transport import FlowerSecureTransport
 from fedlab.training.recorder import FAILED
@@ -63,15 +73,45 @@ class ServerSettings:
     announce_end: bool = False
 
 
-def wait_for_nodes(grid: Grid, *, count: int, timeout: float) -> list[int]:
-    """Wait until at least ``count`` nodes are connected; raise FedlabError on timeout."""
-    deadline = time.monotonic() + timeout
+WAIT_REPORT_S = 5.0
+"""How often :func:`wait_for_nodes` says how many nodes it is waiting for."""
+SIMULATION_SETTLE_S = 10.0
+"""A simulation registers its SuperNodes at once: a count unchanged this long is final."""
+
+
+def wait_for_nodes(grid: Grid, *, count: int, timeout: float, settle: float | None = None) -> list[int]:
+    """Wait until at least ``count`` nodes are connected, saying so every :data:`WAIT_REPORT_S` s.
+
+    Args:
+        grid: The Grid.
+        count: Nodes needed.
+        timeout: Seconds to wait in all.
+        settle: A federation whose nodes all register at once (Flower's simulation engine): fail
+            when the count stays unchanged and short this many seconds. None: wait to the timeout.
+
+    Raises:
+        FedlabError: One line: on timeout, or a settled count short of ``count``.
+    """
+    start = time.monotonic()
+    reported = changed = start
+    seen = -1
     while True:
         nodes = list(grid.get_node_ids())
         if len(nodes) >= count:
             return nodes
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if len(nodes) != seen:
+            seen, changed = len(nodes), now
+        if settle is not None and seen > 0 and now - changed > settle:
+            raise FedlabError(
+                f"the simulation federation has {seen} SuperNodes but the run needs {count} "
+                f"(data.num_clients): run with --federation-config 'num-supernodes={count}'"
+            )
+        if now - start > timeout:
             raise FedlabError(f"only {len(nodes)} of {count} client nodes connected within {timeout:g} s")
+        if now - reported >= WAIT_REPORT_S:
+            log(INFO, "fedlab: waiting for %d client nodes (%d connected)", count, len(nodes))
+            reported = now
         time.sleep(0.2)
 
 
@@ -110,10 +150,20 @@ class FlowerTransport:
         clients: Node id to client id, from the identity query.
         timeout: Seconds to wait for a round's replies; late clients count as failed. A client
             whose node drops and rejoins within it is asked again (see :func:`exchange`).
+        feature_range: The central test set's smallest and largest feature, announced in the
+            train config (``feature-range``) so that a device can tell its data is scaled otherwise.
     """
 
-    def __init__(self, grid: Grid, clients: Mapping[int, str], *, timeout: float) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        clients: Mapping[int, str],
+        *,
+        timeout: float,
+        feature_range: tuple[float, float] | None = None,
+    ) -> None:
         self._grid = grid
+        self._feature_range = feature_range
         self._clients = dict(clients)
         self._node_of = {client_id: node for node, client_id in clients.items()}
         self._timeout = timeout
@@ -126,6 +176,8 @@ class FlowerTransport:
     def train(self, plan: RoundPlan, weights: Sequence[np.ndarray]) -> RoundReplies:
         """Send the planned clients the model and the round seed; decode their replies."""
         config = ConfigRecord({"round-seed": plan.seed, "server-round": plan.round_num, **plan.instructions})
+        if self._feature_range is not None:
+            config[FEATURE_RANGE] = list(self._feature_range)
         nodes = [self._node_of[cid] for cid in plan.client_ids]
         arrays = arrays_record(weights)
         by_node = exchange(
@@ -154,10 +206,12 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     if settings.resume:
         setup.recorder.account_from_ledger()
     try:
-        nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout)
+        settle = SIMULATION_SETTLE_S if isinstance(grid, InMemoryGrid) else None
+        nodes = wait_for_nodes(grid, count=settings.min_nodes, timeout=config.server.timeout, settle=settle)
         clients = discover_clients(grid, nodes, timeout=config.server.timeout)
+        test = setup.data.test.x
         transport: FlowerTransport | FlowerSecureTransport = FlowerTransport(
-            grid, clients, timeout=config.server.timeout
+            grid, clients, timeout=config.server.timeout, feature_range=(float(test.min()), float(test.max()))
         )
         if config.secagg.enabled:
             transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)
@@ -191,6 +245,8 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         settings = settings_source(context)
         summary = run_federation(grid, settings)
+        if str(summary["stopped_because"]).startswith(FAILED):
+            log(ERROR, "fedlab: run %s", summary["stopped_because"])
         if after_run is not None:
             after_run(settings.run_dir)
         if settings.announce_end:

@@ -19,8 +19,8 @@ is the durable record of what was spent. It guarantees that:
   ``synchronous=FULL``), so committing before releasing a round's result means no
   released result is ever missing from the ledger;
 - rounds are contiguous (1, 2, 3, ...) and never committed twice
-  (:meth:`PrivacyLedger.last_round` says where a run stopped; fedlab does not yet
-  resume a stopped run);
+  (:meth:`PrivacyLedger.last_round` says where a run stopped, and a resumed run
+  commits from the round after it);
 - an existing ledger is never overwritten, and opening checks it is a consistent
   fedlab ledger (:class:`~fedlab.core.errors.LedgerError` otherwise);
 - a client's total epsilon is the maximum of its recorded cumulative epsilons,

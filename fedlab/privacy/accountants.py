@@ -61,7 +61,12 @@ OPACUS_RDP_ORDERS: tuple[float, ...] = tuple(1 + x / 10.0 for x in range(1, 100)
 
 @runtime_checkable
 class Accountant(Protocol):
-    """What every accountant of :class:`GaussianEvent` offers: compose, report, check a budget, save/load."""
+    """What every accountant of :class:`GaussianEvent` offers: compose, report, check a budget, save/load.
+
+    Example:
+        >>> isinstance(PldAccountant(), Accountant), isinstance(object(), Accountant)
+        (True, False)
+    """
 
     name: str
 

@@ -24,6 +24,16 @@ class EventAccountant(ABC, Generic[EventT]):
     accountant of its own kind and settings (:meth:`fresh`). :meth:`epsilon_after` composes the
     history and the new events into a fresh accountant (the computation composing them for real
     would do, so the same number), and :meth:`would_exceed` compares that epsilon with the budget.
+
+    Example:
+        >>> from fedlab.privacy.accountants import RdpAccountant
+        >>> from fedlab.privacy.events import GaussianEvent
+        >>> accountant = RdpAccountant()
+        >>> isinstance(accountant, EventAccountant), accountant.epsilon(delta=1e-5)
+        (True, 0.0)
+        >>> step = GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=100)
+        >>> accountant.would_exceed(step, max_epsilon=1.0, delta=1e-5)
+        True
     """
 
     name: str

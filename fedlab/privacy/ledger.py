@@ -325,6 +325,13 @@ def read_ledger_summary(path: Path) -> dict[str, Any]:
     Raises:
         LedgerError: If the file is missing, not a ledger or inconsistent.
 
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "ledger.sqlite"
+        >>> PrivacyLedger.create(path, run_name="demo", delta=1e-5, config_json="{}").close()
+        >>> summary = read_ledger_summary(path)
+        >>> summary["run_name"], summary["rounds_committed"], summary["epsilon_max"]
+        ('demo', 0, None)
     """
     with PrivacyLedger.open(path) as ledger:
         meta = ledger.meta()

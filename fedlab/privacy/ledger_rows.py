@@ -49,6 +49,17 @@ class ClientSpend:
         steps: DP-SGD steps taken this round.
         epsilon: The client's *cumulative* epsilon at the run's delta after this round.
 
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from fedlab.privacy.ledger import PrivacyLedger
+        >>> path = Path(tempfile.mkdtemp()) / "ledger.sqlite"
+        >>> spend = ClientSpend(client_id="a", noise_multiplier=1.0, sample_rate=0.1, steps=10, epsilon=0.5)
+        >>> with PrivacyLedger.create(path, run_name="demo", delta=1e-5, config_json="{}") as ledger:
+        ...     ledger.commit_round(1, [spend])
+        ...     totals = ledger.client_totals()
+        >>> totals[0].epsilon, totals[0].total_steps
+        (0.5, 10)
     """
 
     client_id: str
@@ -73,6 +84,9 @@ class FederationSpend:
         steps: Compositions this round (usually 1).
         epsilon: Cumulative federation epsilon of this mechanism after this round.
 
+    Example:
+        >>> FederationSpend(mechanism="dp-fedavg", noise_multiplier=1, sample_rate=0.1, steps=1, epsilon=0.2)
+        FederationSpend(mechanism='dp-fedavg', noise_multiplier=1.0, sample_rate=0.1, steps=1, epsilon=0.2)
     """
 
     mechanism: str
@@ -97,6 +111,9 @@ class RoundRecord:
         epsilon_max: Largest cumulative client epsilon this round (None without clients).
         epsilon_mean: Mean cumulative client epsilon this round (None without clients).
 
+    Example:
+        >>> RoundRecord(1, "2026-01-01T00:00:00+00:00", 0, None, None).num_clients
+        0
     """
 
     round: int
@@ -117,6 +134,9 @@ class ClientTotal:
         epsilon: Its cumulative epsilon: the maximum over its rounds (never under-counted).
         last_round: The last round it took part in.
 
+    Example:
+        >>> ClientTotal(client_id="a", rounds=2, total_steps=20, epsilon=0.9, last_round=3).epsilon
+        0.9
     """
 
     client_id: str
@@ -137,6 +157,9 @@ class FederationTotal:
         epsilon: Its cumulative epsilon: the maximum over its rounds.
         last_round: The last round with a release.
 
+    Example:
+        >>> FederationTotal(mechanism="dp-fedavg", rounds=2, total_steps=2, epsilon=0.4, last_round=2).rounds
+        2
     """
 
     mechanism: str

@@ -6,7 +6,8 @@ is a :class:`fedlab.core.update.Update` holding the delta. Privacy spending is a
 history of :class:`~fedlab.privacy.events.GaussianEvent` records carried by the caller
 (converted to Opacus' accountant history only inside :mod:`fedlab.training.accounting`).
 The package also holds what runs around local training: the client runtime, the
-run recorder, the SecAgg+ client and the device's privacy budget.
+run recorder, the SecAgg+ client, the device's privacy budget and
+:class:`PrivateTraining` (DP-SGD on a model, optimizer and data loader of your own).
 
 It imports torch, opacus, numpy and the lower fedlab layers (core, data, privacy,
 secagg), keeps no module-level mutable state, and draws every random number from
@@ -29,12 +30,14 @@ from fedlab.training.local import (
     poisson_plan,
 )
 from fedlab.training.models import build_model, get_weights, set_weights
+from fedlab.training.private import PrivateTraining
 
 __all__ = [
     "DpSgdSpec",
     "LocalTrainer",
     "OpacusAccountant",
     "OptimSpec",
+    "PrivateTraining",
     "TrainResult",
     "build_model",
     "epsilon_from_history",

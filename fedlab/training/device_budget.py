@@ -301,13 +301,18 @@ def round_charge(
         step = GaussianEvent(noise_multiplier=spec.noise_multiplier, sample_rate=rate, steps=steps)
         return Charge(mechanism=DPSGD, event=step)
     if dp.central:
-        return Charge(mechanism=DP_FEDAVG, event=_central_event(round_values or {}))
+        return Charge(mechanism=DP_FEDAVG, event=central_event(round_values or {}))
     if not isinstance(encoding, SkellamParams):
         raise ValueError("a distributed-DP round must announce its Skellam encoding")
     return Charge(mechanism=SKELLAM_DDP, event=server_view_event(encoding))
 
 
-def _central_event(values: Mapping[str, Any]) -> GaussianEvent:
+def central_event(values: Mapping[str, Any]) -> GaussianEvent:
+    """The whole run's event from a central-DP round's config (ValueError with the reason if malformed).
+
+    >>> central_event({"noise-multiplier": 1.0, "sample-rate": 0.1, "rounds": 20})
+    GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=20)
+    """
     raw = [values.get(key) for key in ("noise-multiplier", "sample-rate", "rounds")]
     numbers = [float(v) for v in raw if isinstance(v, int | float) and not isinstance(v, bool)]
     if len(numbers) != len(raw):
@@ -324,15 +329,19 @@ def decide(
     budget: ClientBudget,
     policy: DevicePolicy,
     *,
-    config: RunConfig,
     run_id: int,
     server_round: int,
     charge: Charge,
+    run_delta: float | None = None,
+    accountant: str = "rdp",
 ) -> RoundDecision:
     """Apply the device's rule to one round whose release would charge ``charge``.
 
+    ``run_delta`` is the delta the run announced (None: none announced); ``accountant`` the Opacus
+    accountant of a ``dpsgd``-only history (the run's ``dp.accountant`` under DP-SGD).
+
     Refuses a round already released (never twice; the only refusal not kept on record), a
-    noiseless round without ``allow_non_private``, a run whose ``dp.delta`` exceeds the device's,
+    noiseless round without ``allow_non_private``, a run whose announced delta exceeds the device's,
     a central round beyond the run's announced rounds or with other settings than the run's first,
     and a round after which the device's epsilon would exceed ``max_epsilon``
     (:meth:`DeviceAccountant.would_exceed`).
@@ -344,10 +353,7 @@ def decide(
     deleting the budget file.
     """
     rows = budget.charges()
-    spent = DeviceAccountant(
-        [charge_of(row) for row in rows],
-        accountant=config.dp.resolved_accountant if config.dp.dpsgd else "rdp",
-    )
+    spent = DeviceAccountant([charge_of(row) for row in rows], accountant=accountant)
     if budget.released(run_id, server_round):
         current = spent.epsilon(delta=policy.delta)
         return RoundDecision(
@@ -362,8 +368,8 @@ def decide(
     noiseless = charge.mechanism == NOISELESS
     if noiseless and not policy.allow_non_private:
         reason = "non-private round (dp.mode = none); the device was not started with --allow-non-private"
-    elif not noiseless and config.dp.delta > policy.delta:
-        reason = f"the run's dp.delta {config.dp.delta:g} is larger than the device's delta {policy.delta:g}"
+    elif not noiseless and run_delta is not None and run_delta > policy.delta:
+        reason = f"the run's dp.delta {run_delta:g} is larger than the device's delta {policy.delta:g}"
     elif reason is None and spent.would_exceed(*new, max_epsilon=policy.max_epsilon, delta=policy.delta):
         reason = f"its epsilon would reach {epsilon:.4f} > max epsilon {policy.max_epsilon:g} (budget spent)"
     return RoundDecision(

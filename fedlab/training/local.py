@@ -101,6 +101,17 @@ class LocalTrainer:
     Security notes (see the module docstring): a round trained with ``round_seed`` is
     reproducible from ``(seed, round_seed)`` (simulation only); a round trained with a
     ``secret`` draws its batches and noise from that secret alone (deployment).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+        >>> optim = OptimSpec(optimizer="sgd", lr=0.1, momentum=0.0, local_epochs=1, batch_size=16)
+        >>> dp = DpSgdSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, accountant="rdp")
+        >>> trainer = LocalTrainer(model=nn.Linear(4, 2), x=x, y=(x[:, 0] > 0).astype(np.int64),
+        ...                        optim=optim, dp=dp, device=torch.device("cpu"), seed=0)
+        >>> weights = [np.zeros((2, 4), np.float32), np.zeros(2, np.float32)]
+        >>> result = trainer.train_round(weights, round_seed=1)
+        >>> result.history
+        (GaussianEvent(noise_multiplier=1.0, sample_rate=0.25, steps=4),)
     """
 
     def __init__(
@@ -381,6 +392,12 @@ def evaluate(
     Raises:
         ValueError: On empty or mismatched data or a non-positive batch size.
 
+    Example:
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> evaluate(model, np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([0, 0]))[1]
+        0.5
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")

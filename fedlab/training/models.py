@@ -73,6 +73,10 @@ def get_weights(model: nn.Module) -> list[np.ndarray]:
 
     Works on a plain module and on one wrapped by Opacus (``GradSampleModule``);
     both give the same arrays in the same order.
+
+    Example:
+        >>> [a.shape for a in get_weights(torch.nn.Linear(3, 2))]
+        [(2, 3), (2,)]
     """
     return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in _state(model).values()]
 
@@ -91,6 +95,11 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
         ValueError: If the number of arrays or any shape differs; the message names
             the offending tensor.
 
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> set_weights(model, [np.ones((2, 3), np.float32), np.zeros(2, np.float32)])
+        >>> float(model.weight.sum())
+        6.0
     """
     state = _state(model)
     if len(arrays) != len(state):

@@ -19,6 +19,7 @@ from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
 from fedlab.training.models import build_model, get_weights
 from fedlab.training.recorder import RunRecorder
+from fedlab.training.tensorboard_log import TensorBoardObserver
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def set_up_run(
     Args:
         config: The validated run configuration.
         run_dir: A fresh run directory (created).
-        observer: Receives per-round progress.
+        observer: Receives per-round progress (with ``run.tensorboard``, through a
+            :class:`~fedlab.training.tensorboard_log.TensorBoardObserver`).
         data: The run's data if the caller already built it from ``config.data`` and
             ``config.run.seed``; built here otherwise.
         resume: Reopen the run in ``run_dir`` after its last committed round (the recorder's
@@ -83,6 +85,8 @@ def set_up_run(
         hidden=config.model.hidden,
         seed=config.run.seed,
     )
+    if config.run.tensorboard:
+        observer = TensorBoardObserver(run_dir, observer)
     recorder = RunRecorder(
         run_dir=run_dir, config=config, model=model, test_set=data.test, observer=observer, resume=resume
     )

@@ -30,6 +30,9 @@ class OptimSpec:
         batch_size: Batch size; with DP the *expected* batch size, so the Poisson
             sample rate is ``batch_size / n``.
 
+    Example:
+        >>> OptimSpec(optimizer="sgd", lr=0.1, momentum=0.9, local_epochs=1, batch_size=32).lr
+        0.1
     """
 
     optimizer: str
@@ -73,6 +76,9 @@ class DpSgdSpec:
         delta: Target delta for reporting epsilon, in (0, 1).
         accountant: Opacus accountant, ``"rdp"`` or ``"prv"``.
 
+    Example:
+        >>> DpSgdSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, accountant="rdp").max_grad_norm
+        1.0
     """
 
     noise_multiplier: float
@@ -109,6 +115,13 @@ class TrainResult:
         noise_multiplier: Noise multiplier used (0.0 without DP).
         sample_rate: Poisson sample rate used (0.0 without DP).
 
+    Example:
+        >>> import numpy as np
+        >>> from fedlab.core.update import Update
+        >>> result = TrainResult(update=Update((np.zeros(2),), 8), loss=0.7, steps=1, history=(),
+        ...                      epsilon=0.0, noise_multiplier=0.0, sample_rate=0.0)
+        >>> result.update.num_examples, result.epsilon
+        (8, 0.0)
     """
 
     update: Update

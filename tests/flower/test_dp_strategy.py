@@ -15,12 +15,21 @@ import numpy as np
 import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
 
-from fedlab.flower.dp_strategy import CLIP_NORM, NOISE_MULTIPLIER, SAMPLE_RATE, FedlabDpFedAvg
+from fedlab.flower.dp_strategy import CLIP_NORM, NOISE_MULTIPLIER, ROUNDS, SAMPLE_RATE, FedlabDpFedAvg
 from fedlab.privacy.ledger import PrivacyLedger
 
 from .fake_grid import FakeGrid, install_clock
@@ -230,3 +239,22 @@ def test_a_ledger_that_exists_is_refused_before_any_round(tmp_path) -> None:
     taken.write_bytes(b"")
     with pytest.raises(ValueError, match="exists"):
         wrapper(ledger=taken)
+
+
+def test_the_released_model_keeps_the_keys_of_the_sent_record_and_start_announces_the_rounds(
+    monkeypatch,
+) -> None:
+    """A torch state dict travels by its names: the round's model comes back under the same ones."""
+    clock = install_clock(monkeypatch)
+    seen: list[Message] = []
+
+    def node(msg: Message) -> Message:
+        seen.append(msg)
+        return node_with_delta(constant(0.01))(msg)
+
+    grid = FakeGrid({1: node, 2: node}, clock=clock)
+    named = ArrayRecord({"layer.weight": Array(model()[0]), "layer.bias": Array(model()[1])})
+    result = wrapper(FedAvg(min_available_nodes=1)).start(grid=grid, initial_arrays=named, num_rounds=2)
+    assert list(result.arrays.keys()) == ["layer.weight", "layer.bias"]
+    trained = [m for m in seen if m.metadata.message_type == MessageType.TRAIN]
+    assert trained and {int(m.content["config"][ROUNDS]) for m in trained} == {2}

@@ -7,6 +7,7 @@ clients came back. Waiting runs on a fake clock: no sleeps, no network.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -170,6 +171,27 @@ def test_waiting_for_nodes_gives_up_at_the_timeout(clock: FakeClock) -> None:
     with pytest.raises(FedlabError, match="only 1 of 2"):
         wait_for_nodes(grid, count=2, timeout=10.0)
     assert 10.0 <= clock.now <= 11.0
+
+
+def test_waiting_for_nodes_says_every_few_seconds_how_many_are_connected(clock: FakeClock, caplog) -> None:
+    grid = fleet_of(clock, 3)
+    grid.online = {11}
+    clock.at(12.0, lambda: grid.reactivate(12))
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        wait_for_nodes(grid, count=2, timeout=60.0)
+    said = [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()]
+    assert said == ["fedlab: waiting for 2 client nodes (1 connected)"] * 2  # at 5 s and 10 s
+
+
+def test_a_simulation_short_of_nodes_fails_once_its_count_settles_not_at_the_timeout(
+    clock: FakeClock,
+) -> None:
+    grid = fleet_of(clock, 3)
+    grid.online = {11}
+    clock.at(3.0, lambda: grid.reactivate(12))  # registering
+    with pytest.raises(FedlabError, match=r"has 2 SuperNodes but the run needs 3.*num-supernodes=3"):
+        wait_for_nodes(grid, count=3, timeout=600.0, settle=10.0)
+    assert 13.0 <= clock.now <= 14.0
 
 
 # ---- a round ------------------------------------------------------------------------------------

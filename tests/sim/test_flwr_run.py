@@ -12,6 +12,8 @@ import pytest
 
 from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
+from fedlab.privacy.client_budget import ClientBudget
+from fedlab.privacy.ledger import PrivacyLedger
 from fedlab.sim.inline import simulate_inline
 
 from .processes import committed_rounds, kill_tree, wait_until
@@ -80,3 +82,43 @@ def test_flwr_run_dot_trains_with_the_fedlab_apps_and_resumes_a_killed_run(tmp_p
     )
     whole = simulate_inline(config, tmp_path / "inline", SilentObserver())
     assert summary["client_epsilons"] == pytest.approx(whole["client_epsilons"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_the_example_flower_app_trains_with_fedlabs_wrapper_mods_and_ledger_under_flwr_run(tmp_path):
+    """examples/flower-app: the user's FedAvg app plus fedlab's DP wrapper, two mods and ledger."""
+    home, out = tmp_path / "flwr-home", tmp_path / "out"
+    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent))
+    assert flwr is not None
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    command = [
+        flwr, "run", str(REPO / "examples" / "flower-app"), "--stream",
+        "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+        "--run-config", f"out-dir='{out}'",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400, check=False)
+    finally:
+        for proc in processes_using(str(home)):
+            kill_tree(proc.pid)
+    assert (out / "result.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert sorted(result["accuracy"]) == ["0", "1", "2"]  # the server's held-out digits, every round
+    # Every device clipped (clipping_mod) within what the server accepts: none rejected.
+    assert result["clients"] == {"1": 3, "2": 3} and result["rejected"] == {"1": 0, "2": 0}
+    # The epsilon the app reports is what `fedlab privacy epsilon` gives for its mechanism.
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "fedlab"), "privacy", "epsilon", "--noise-multiplier", "1",
+         "--sample-rate", "1", "--steps", "2", "--delta", "1e-5", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result["epsilon"] == pytest.approx(json.loads(cli.stdout)["epsilon"], rel=1e-9)
+    with PrivacyLedger.open(out / "ledger.sqlite") as ledger:
+        assert [r.round for r in ledger.rounds()] == [1, 2]
+        assert ledger.federation_totals()[0].epsilon == pytest.approx(result["epsilon"], rel=1e-9)
+    for device in range(3):  # each device charged the whole announced run once, and released both rounds
+        with ClientBudget.open(out / f"device-{device}-budget.sqlite") as budget:
+            assert [r.server_round for r in budget.releases()] == [1, 2]
+            (charge,) = budget.charges()
+            assert charge.params == {"noise_multiplier": 1.0, "sample_rate": 1.0, "steps": 2}
+    assert not processes_using(str(home))

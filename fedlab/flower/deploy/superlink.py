@@ -186,7 +186,13 @@ def run_server(
         done = threading.Event()
         progress = threading.Thread(
             target=_follow_metrics,
-            args=(run_dir / "metrics.jsonl", federation.config.run.rounds, log, done),
+            args=(
+                run_dir / "metrics.jsonl",
+                federation.config.run.rounds,
+                log,
+                done,
+                _epsilon_label(federation),
+            ),
             daemon=True,
         )
         progress.start()
@@ -224,7 +230,14 @@ def _important(log: LineSink) -> LineSink:
     return write
 
 
-def _follow_metrics(path: Path, rounds: int, log: LineSink, done: threading.Event) -> None:
+def _epsilon_label(federation: Federation) -> str:
+    """What a round line's epsilon is: under DP-SGD each device reports its budget across runs."""
+    return "device lifetime epsilon max" if federation.config.dp.dpsgd else "epsilon"
+
+
+def _follow_metrics(
+    path: Path, rounds: int, log: LineSink, done: threading.Event, label: str = "epsilon max"
+) -> None:
     """Print one line per finished round as the ServerApp appends to ``metrics.jsonl``."""
     seen = 0
     while True:
@@ -246,7 +259,7 @@ def _follow_metrics(path: Path, rounds: int, log: LineSink, done: threading.Even
             )
             log(
                 f"round {row.get('round')}/{rounds}: accuracy {row.get('accuracy', float('nan')):.4f}, "
-                f"epsilon max {eps_text}{counts}"
+                f"{label} {eps_text}{counts}"
             )
         if finished:
             return

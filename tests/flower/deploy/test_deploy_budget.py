@@ -9,7 +9,6 @@ import sqlite3
 
 import pytest
 
-from fedlab.core.config import config_from_dict
 from fedlab.core.errors import ConfigError, LedgerError
 from fedlab.flower.deploy import DeploymentError, load_federation, node_config, read_device_settings
 from fedlab.flower.edge import device_settings
@@ -26,13 +25,6 @@ from fedlab.training.device_budget import (
     device_epsilon,
 )
 
-CONFIG = config_from_dict(
-    {
-        "run": {"rounds": 3},
-        "train": {"batch_size": 32, "local_epochs": 1},
-        "dp": {"mode": "dpsgd", "noise_multiplier": 1.0, "delta": 1e-5, "accountant": "rdp"},
-    }
-)
 STEP = {"noise_multiplier": 1.0, "sample_rate": 0.05, "steps": 18}
 
 
@@ -143,15 +135,15 @@ def test_the_rule_refuses_exactly_when_the_next_round_would_exceed_the_maximum(t
     eps2 = epsilon_from_history([event, event], delta=1e-5, accountant="rdp")
     policy = DevicePolicy(max_epsilon=(eps1 + eps2) / 2)
     with ClientBudget.open(tmp_path / "budget.sqlite") as budget:
-        first = decide(budget, policy, config=CONFIG, run_id=1, server_round=1, charge=step)
+        first = decide(budget, policy, run_id=1, server_round=1, charge=step)
         assert first.refusal is None and first.epsilon == pytest.approx(eps1)
         commit(budget, first, run_id=1, server_round=1)
-        second = decide(budget, policy, config=CONFIG, run_id=1, server_round=2, charge=step)
+        second = decide(budget, policy, run_id=1, server_round=2, charge=step)
         assert second.refusal is not None and "budget spent" in second.refusal
         assert second.on_record and second.epsilon == pytest.approx(eps2)
         unlimited = DevicePolicy()
-        assert decide(budget, unlimited, config=CONFIG, run_id=1, server_round=2, charge=step).refusal is None
-        again = decide(budget, unlimited, config=CONFIG, run_id=1, server_round=1, charge=step)
+        assert decide(budget, unlimited, run_id=1, server_round=2, charge=step).refusal is None
+        again = decide(budget, unlimited, run_id=1, server_round=1, charge=step)
         assert again.refusal is not None and "already released" in again.refusal and not again.on_record
         with pytest.raises(LedgerError):
             commit(budget, second, run_id=1, server_round=2)  # a refusal is never committed

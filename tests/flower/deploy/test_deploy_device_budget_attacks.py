@@ -13,7 +13,7 @@ import dp_accounting
 import pytest
 
 from fedlab.core.config import config_from_dict
-from fedlab.flower.edge import BUDGET_REFUSED
+from fedlab.flower.client_privacy import BUDGET_REFUSED
 from fedlab.flower.records import METRICS
 from fedlab.privacy.accountants import epsilon_of
 from fedlab.privacy.client_budget import ClientBudget

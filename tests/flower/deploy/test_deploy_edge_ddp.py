@@ -19,7 +19,7 @@ from fedlab.algorithms.runs import run_configured, secure_settings
 from fedlab.algorithms.secure_fedavg import secure_round
 from fedlab.algorithms.secure_messages import MaskedInputMessage, StageReplies, StageRequest
 from fedlab.core.config import config_from_dict
-from fedlab.flower.edge import BUDGET_REFUSED
+from fedlab.flower.client_privacy import BUDGET_REFUSED
 from fedlab.privacy.client_budget import ClientBudget
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import Stage

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from fedlab.core.config import config_from_dict
-from fedlab.flower.edge import BUDGET_REFUSED
+from fedlab.flower.client_privacy import BUDGET_REFUSED
 from fedlab.flower.secure_client import SECAGG_STATE
 from fedlab.flower.secure_transport import SECAGG
 from fedlab.privacy.client_budget import ChargeRow, ClientBudget, ReleaseRow

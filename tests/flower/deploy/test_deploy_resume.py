@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from pathlib import Path
 
 from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
-from fedlab.flower.deploy.superlink import run_command
+from fedlab.flower.deploy.superlink import _follow_metrics, run_command
 from fedlab.sim.inline import simulate_inline
 
 from .conftest import free_port, run_fedlab, write_federation
@@ -59,3 +61,14 @@ def test_resume_of_no_run_or_of_another_configs_run_is_one_line_and_exit_2(tmp_p
         home=tmp_path / "h3",
     )
     assert both.returncode == 2 and len(error_lines(both.stderr)) == 1
+
+
+def test_the_round_lines_say_what_the_epsilon_is(tmp_path):
+    """Under DP-SGD a device reports its budget across runs: the line calls it its lifetime epsilon."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"round": 1, "accuracy": 0.5, "epsilon_max": 1.25}) + "\n")
+    done = threading.Event()
+    done.set()
+    lines: list[str] = []
+    _follow_metrics(metrics, 3, lines.append, done, label="device lifetime epsilon max")
+    assert lines == ["round 1/3: accuracy 0.5000, device lifetime epsilon max 1.250"]
