@@ -117,7 +117,8 @@ def test_each_accountant_matches_the_analytic_gaussian_without_sampling(z, steps
     exact = gaussian_epsilon(noise_multiplier=z, delta=delta, steps=steps)
     events = [event(z, 1.0, steps)]
     pld = ours("pld", events, 1e-4).epsilon(delta=delta)
-    assert exact - 1e-9 <= pld <= exact * 1.001 + 1e-4
+    # dp_accounting finds epsilon on the discretized PLD to ~1e-9 relative (seen: 2e-6 below at 430)
+    assert exact * (1 - 1e-8) - 1e-9 <= pld <= exact * 1.001 + 1e-4
     low, high = ours("prv", events).epsilon_bounds(delta=delta)
     assert low <= exact <= high
     assert high <= exact * 1.005 + 2e-4
