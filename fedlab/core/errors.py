@@ -1,5 +1,8 @@
 """Errors that fedlab reports to a user as one line, never as a traceback."""
 
+FAILED_RUN_LINE = "fedlab: run "
+"""How the ServerApp's log line of a failed run begins (``fedlab: run failed: REASON``)."""
+
 
 class FedlabError(Exception):
     """Base class of every error fedlab reports as a one-line message."""

@@ -25,7 +25,7 @@ from flwr.superlink.grid import InMemoryGrid
 from fedlab.algorithms.federation import RoundPlan
 from fedlab.algorithms.runs import run_configured
 from fedlab.core.config import RunConfig
-from fedlab.core.errors import FedlabError
+from fedlab.core.errors import FAILED_RUN_LINE, FedlabError
 from fedlab.core.metrics import RoundObserver, SilentObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.flower.exchange import exchange
@@ -246,7 +246,7 @@ def make_server_app(
         settings = settings_source(context)
         summary = run_federation(grid, settings)
         if str(summary["stopped_because"]).startswith(FAILED):
-            log(ERROR, "fedlab: run %s", summary["stopped_because"])
+            log(ERROR, "%s%s", FAILED_RUN_LINE, summary["stopped_because"])
         if after_run is not None:
             after_run(settings.run_dir)
         if settings.announce_end:

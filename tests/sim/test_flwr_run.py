@@ -90,7 +90,12 @@ def test_the_example_flower_app_trains_with_fedlabs_wrapper_mods_and_ledger_unde
     home, out = tmp_path / "flwr-home", tmp_path / "out"
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent))
     assert flwr is not None
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # flower-superlink
+    }
     command = [
         flwr, "run", str(REPO / "examples" / "flower-app"), "--stream",
         "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",

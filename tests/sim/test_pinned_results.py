@@ -3,6 +3,9 @@
 The numbers were measured at commit 4367d57 (before the consolidation of issue 13) with
 ``fedlab simulate CONFIG --backend inline`` and again after it; a change that moves them is a
 change of behaviour, not a refactor. Training results are pinned to float-kernel precision.
+The accuracies are those of the dependency set in ``constraints.txt`` (what CI installs): with the
+same code at 8e1c4d7, an unconstrained install gave synthetic-user-dp 0.150 and the constrained set
+0.146 (4 of its 1000 test examples; its epsilon identical).
 """
 
 import json
@@ -21,7 +24,7 @@ PINNED = {
         "loss": 0.3029080073038737,
         "epsilon_max": 7.996052397177166,
     },
-    "synthetic-user-dp.toml": {"accuracy": 0.15, "epsilon_user": 3.9962934981552705},
+    "synthetic-user-dp.toml": {"accuracy": 0.146, "epsilon_user": 3.9962934981552705},
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from fedlab.core.errors import FAILED_RUN_LINE
 from fedlab.flower.deploy.errors import DeploymentError
 from fedlab.flower.deploy.federation import DeploymentSection, Federation
 from fedlab.flower.deploy.processes import (
@@ -224,6 +225,9 @@ def _important(log: LineSink) -> LineSink:
     )
 
     def write(line: str) -> None:
+        # A failed run's cause: fedlab server says it once, from summary.json.
+        if FAILED_RUN_LINE in line:
+            return
         if any(word in line for word in keep) and "fraction_evaluate" not in line:
             log(line)
 

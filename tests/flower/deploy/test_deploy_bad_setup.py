@@ -92,7 +92,7 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(tmp_path, certs, pr
             str(certs / "devices" / key),
             *extra,
             home=tmp_path / f"h-{name}",
-            timeout=90,
+            timeout=150,
         )
 
     def timed(*args: object, **kwargs: object):
@@ -109,8 +109,9 @@ def test_unregistered_key_plaintext_and_wrong_ca_are_refused(tmp_path, certs, pr
         wrong_ca = pool.submit(client, "device-1.key", "--root-cert", str(other / "ca.pem"), name="w")
     unregistered_result, unregistered_seconds = unregistered_timed.result()
     # Named after two heartbeat intervals (+5 s) of refusals, not after the 300 s default wait
-    # (30 s more for starting fedlab client and each SuperNode attempt on a loaded 2-core machine).
-    assert unregistered_seconds < 2 * HEARTBEAT_INTERVAL + 5.0 + 30.0, unregistered_seconds
+    # (60 s more for starting fedlab client and each SuperNode attempt on a loaded 2-core machine:
+    # one CI machine took 69.7 s in all, with three clients starting at once).
+    assert unregistered_seconds < 2 * HEARTBEAT_INTERVAL + 5.0 + 60.0, unregistered_seconds
     results = {
         "unregistered": unregistered_result,
         "plaintext": plaintext.result(),
