@@ -49,7 +49,12 @@ from fedlab.privacy.adaptive_clipping import (
     noisy_unclipped_fraction,
     split_noise_multiplier,
 )
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import (
+    ANNOUNCED_NOISE_MULTIPLIER,
+    ANNOUNCED_ROUNDS,
+    ANNOUNCED_SAMPLE_RATE,
+    GaussianEvent,
+)
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.mechanisms import GaussianMechanism, clipped_sum
 from fedlab.privacy.secure_random import RandomStream
@@ -224,9 +229,9 @@ def run_dp_fedavg(
             # The round's public DP settings: a device's budget charges the run's event from them.
             instructions={
                 "clip-norm": clip,
-                "noise-multiplier": settings.noise_multiplier,
-                "sample-rate": settings.sample_rate,
-                "rounds": float(settings.rounds),
+                ANNOUNCED_NOISE_MULTIPLIER: settings.noise_multiplier,
+                ANNOUNCED_SAMPLE_RATE: settings.sample_rate,
+                ANNOUNCED_ROUNDS: float(settings.rounds),
             },
         )
         replies = transport.train(plan, weights)

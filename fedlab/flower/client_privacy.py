@@ -46,7 +46,7 @@ from fedlab.core.update import Update
 from fedlab.flower.client import load_history, store_history
 from fedlab.flower.dp_strategy import CLIP_NORM, NOISE_MULTIPLIER, UNCLIPPED
 from fedlab.privacy.adaptive_clipping import norm_indicator
-from fedlab.privacy.client_budget import ClientBudget, RefusalRow
+from fedlab.privacy.client_budget import ClientBudget
 from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device_budget import (
     DEFAULT_DELTA,
@@ -58,6 +58,7 @@ from fedlab.training.device_budget import (
     central_event,
     commit,
     decide,
+    keep_refusal,
     taken_dpsgd_charge,
 )
 from fedlab.training.private import PrivateTraining
@@ -221,16 +222,8 @@ class DeviceBudgetMod:
         run_id: int = 0,
         server_round: int = 0,
     ) -> Message:
-        if budget is not None and decision is not None and decision.on_record:
-            budget.record_refusal(
-                RefusalRow(
-                    run_id=run_id,
-                    server_round=server_round,
-                    planned_epsilon=decision.epsilon,
-                    max_epsilon=self.policy.max_epsilon,
-                    reason=reason,
-                )
-            )
+        if budget is not None and decision is not None:
+            keep_refusal(budget, decision, self.policy, run_id=run_id, server_round=server_round)
         return Message(
             Error(code=BUDGET_REFUSED, reason=f"the device refuses the round: {reason}"), reply_to=msg
         )

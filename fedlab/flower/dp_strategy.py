@@ -51,18 +51,23 @@ from fedlab.privacy.adaptive_clipping import (
     norm_indicator,
     split_noise_multiplier,
 )
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import (
+    ANNOUNCED_NOISE_MULTIPLIER,
+    ANNOUNCED_ROUNDS,
+    ANNOUNCED_SAMPLE_RATE,
+    GaussianEvent,
+)
 from fedlab.privacy.ledger import FederationSpend, PrivacyLedger
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 CLIP_NORM = KEY_CLIPPING_NORM
 """The train config key carrying the round's clip norm: Flower's own, so that Flower's
 ``fixedclipping_mod`` clips on the client (with ``client_clipping=True``)."""
-NOISE_MULTIPLIER = "noise-multiplier"
+NOISE_MULTIPLIER = ANNOUNCED_NOISE_MULTIPLIER
 """The train config key carrying z (public: a device can charge its own budget for the round)."""
-SAMPLE_RATE = "sample-rate"
+SAMPLE_RATE = ANNOUNCED_SAMPLE_RATE
 """The train config key carrying q (public, as z)."""
-ROUNDS = "rounds"
+ROUNDS = ANNOUNCED_ROUNDS
 """The train config key carrying T, the rounds :meth:`FedlabDpFedAvg.start` was asked for (public)."""
 UNCLIPPED = "fedlab-unclipped"
 """The reply metric of a client that clips (``clipping_mod``): b = 1[norm <= C] - 1/2 before clipping."""

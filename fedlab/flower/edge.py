@@ -57,7 +57,7 @@ from fedlab.flower.secure_client import (
     stored_stage_state,
 )
 from fedlab.flower.secure_transport import weights_of
-from fedlab.privacy.client_budget import ClientBudget, RefusalRow
+from fedlab.privacy.client_budget import ClientBudget
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import SecAggError, Stage
@@ -71,6 +71,7 @@ from fedlab.training.device_budget import (
     commit,
     decide,
     dpsgd_history,
+    keep_refusal,
     round_charge,
     taken_dpsgd_charge,
 )
@@ -274,13 +275,14 @@ class DeviceRound:
     def refusal(self, why: str, decision: RoundDecision | None = None) -> _RefusedError:
         """Log a refusal (and keep it in the budget file if the rule says so); the exception to raise."""
         reason = f"device {self.settings.device_id} refuses round {self.server_round}: {why}"
-        if decision is not None and decision.on_record:
-            self.budget.record_refusal(
-                RefusalRow(
-                    run_id=self.run_id, server_round=self.server_round, planned_epsilon=decision.epsilon,
-                    max_epsilon=self.settings.max_epsilon, reason=why,
-                )
-            )  # fmt: skip
+        if decision is not None:
+            keep_refusal(
+                self.budget,
+                decision,
+                self.settings.policy,
+                run_id=self.run_id,
+                server_round=self.server_round,
+            )
         LOG.warning(reason)
         return _RefusedError(reason)
 

@@ -16,6 +16,12 @@ from typing import Any
 
 _FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
+ANNOUNCED_NOISE_MULTIPLIER = "noise-multiplier"
+ANNOUNCED_SAMPLE_RATE = "sample-rate"
+ANNOUNCED_ROUNDS = "rounds"
+"""The train config keys of a central-DP round's public settings (z, q and the run's rounds T):
+the server announces them, a device charges its budget the run's event from them."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class GaussianEvent:

@@ -42,9 +42,14 @@ from scipy import stats
 
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import LedgerError
-from fedlab.privacy.client_budget import ChargeRow, ClientBudget, ReleaseRow
+from fedlab.privacy.client_budget import ChargeRow, ClientBudget, RefusalRow, ReleaseRow
 from fedlab.privacy.event_accountant import EventAccountant
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import (
+    ANNOUNCED_NOISE_MULTIPLIER,
+    ANNOUNCED_ROUNDS,
+    ANNOUNCED_SAMPLE_RATE,
+    GaussianEvent,
+)
 from fedlab.privacy.skellam import SKELLAM_RDP_ORDERS, SkellamEvent, SkellamParams
 from fedlab.privacy.skellam_release import SERVER_VIEW, server_view_event
 from fedlab.training.accounting import epsilon_from_history
@@ -313,7 +318,7 @@ def central_event(values: Mapping[str, Any]) -> GaussianEvent:
     >>> central_event({"noise-multiplier": 1.0, "sample-rate": 0.1, "rounds": 20})
     GaussianEvent(noise_multiplier=1.0, sample_rate=0.1, steps=20)
     """
-    raw = [values.get(key) for key in ("noise-multiplier", "sample-rate", "rounds")]
+    raw = [values.get(key) for key in (ANNOUNCED_NOISE_MULTIPLIER, ANNOUNCED_SAMPLE_RATE, ANNOUNCED_ROUNDS)]
     numbers = [float(v) for v in raw if isinstance(v, int | float) and not isinstance(v, bool)]
     if len(numbers) != len(raw):
         raise ValueError("a central-DP round must carry its noise-multiplier, sample-rate and rounds")
@@ -437,6 +442,20 @@ def commit(budget: ClientBudget, decision: RoundDecision, *, run_id: int, server
     budget.commit_release(
         ReleaseRow(run_id=run_id, server_round=server_round, mechanism=decision.mechanism), row
     )
+
+
+def keep_refusal(
+    budget: ClientBudget, decision: RoundDecision, policy: DevicePolicy, *, run_id: int, server_round: int
+) -> None:
+    """Record a refused round in the budget file when the rule says it belongs there (``on_record``)."""
+    if decision.refusal is None or not decision.on_record:
+        return
+    budget.record_refusal(
+        RefusalRow(
+            run_id=run_id, server_round=server_round, planned_epsilon=decision.epsilon,
+            max_epsilon=policy.max_epsilon, reason=decision.refusal,
+        )
+    )  # fmt: skip
 
 
 def taken_dpsgd_charge(*, before: Sequence[GaussianEvent], after: Sequence[GaussianEvent]) -> Charge | None:
