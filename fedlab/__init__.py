@@ -28,6 +28,8 @@ _PUBLIC = {
     "DeviceBudgetMod": "fedlab.flower",
     "clipping_mod": "fedlab.flower",
     "private_training": "fedlab.flower",
+    "SecAggMod": "fedlab.flower",
+    "SecAggWorkflow": "fedlab.flower",
     "PrivateTraining": "fedlab.training",
     "GaussianEvent": "fedlab.privacy",
     "PldAccountant": "fedlab.privacy",

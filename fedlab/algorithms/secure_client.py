@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedlab.algorithms.secure_encoding import check_encoding, encode_update
+from fedlab.algorithms.secure_encoding import ClientPolicy, check_encoding, encode_update
 from fedlab.algorithms.secure_messages import (
     MaskedInputMessage,
     MaskedReply,
@@ -57,7 +57,6 @@ from fedlab.algorithms.secure_messages import (
     StageCall,
     StageReply,
 )
-from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import example_weight
 from fedlab.privacy.events import GaussianEvent
@@ -296,7 +295,7 @@ class SecureClient:
 
     def respond(
         self,
-        config: RunConfig,
+        policy: ClientPolicy,
         client_id: str,
         call: StageCall,
         current: SecureClientState | None,
@@ -306,7 +305,7 @@ class SecureClient:
         """Answer one stage call with the client's state.
 
         Args:
-            config: The client's run configuration.
+            policy: What the client accepts (:meth:`ClientPolicy.of` a run configuration).
             client_id: The client's stable id (dropout draws and seeded randomness).
             call: The stage call.
             current: The state the previous stage left (None at stage 0).
@@ -319,13 +318,12 @@ class SecureClient:
 
         """
         drop = dropout_stage(
-            rate=config.secagg.simulate_dropout, seed=config.run.seed, round_seed=call.round_seed,
-            client_id=client_id,
-        )  # fmt: skip
+            rate=policy.dropout_rate, seed=policy.seed, round_seed=call.round_seed, client_id=client_id
+        )
         if drop is not None and call.stage >= drop:
             return StageResponse(reply=None, state=None)
         source = stage_source(
-            seed=config.run.seed if self.seeded else None,
+            seed=policy.seed if self.seeded else None,
             round_seed=call.round_seed,
             client_id=client_id,
             stage=call.stage,
@@ -338,7 +336,7 @@ class SecureClient:
             new, shares = share_keys(current, message, source)
             return _response(call, shares, new)
         if isinstance(message, MaskedInputMessage):
-            return _train_and_mask(config, call, message, current, training, source)
+            return _train_and_mask(policy, call, message, current, training, source)
         return _response(call, unmask(current, message), None)
 
 
@@ -353,7 +351,7 @@ def _response(
 
 
 def _train_and_mask(
-    config: RunConfig,
+    policy: ClientPolicy,
     call: StageCall,
     message: MaskedInputMessage,
     current: SecureClientState | None,
@@ -362,13 +360,13 @@ def _train_and_mask(
 ) -> StageResponse:
     secret = _expect(current, Stage.MASKED_INPUT, message.delivery.round_id)
     encoding = message.encoding
-    check_encoding(config, encoding, secret.params.vector_length)
+    check_encoding(policy, encoding, secret.params.vector_length)
     if training is None:
         raise ProtocolError("the masked-input stage carries no global weights")
     report, new_history = training()
     weight = 1.0
     if isinstance(encoding, FixedPointCodec):
-        weight = example_weight(report.update.num_examples, config.secure_weight_cap())
+        weight = example_weight(report.update.num_examples, policy.weight_cap)
     encoded = encode_update(
         report.update, encoding, rotation_seed=call.round_seed, rng=generator_from(source), weight=weight
     )

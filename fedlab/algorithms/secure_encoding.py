@@ -1,7 +1,7 @@
 """Where a SecAgg+ client's delta becomes residues: fixed point, or the distributed-DP Skellam encoding.
 
 The server announces the encoding with the round; :func:`check_encoding` refuses one that the
-client's own configuration does not allow, and :func:`encode_update` applies it.
+client's own :class:`ClientPolicy` does not allow, and :func:`encode_update` applies it.
 """
 
 from __future__ import annotations
@@ -21,29 +21,71 @@ Encoding = FixedPointCodec | SkellamParams
 """How a client turns its delta into residues: fixed point (plain SecAgg) or Skellam (distributed DP)."""
 
 
-def check_encoding(config: RunConfig, encoding: Encoding, vector_length: int) -> None:
-    """Refuse an encoding the client's own configuration does not allow.
+@dataclass(frozen=True, kw_only=True)
+class ClientPolicy:
+    """What a SecAgg+ client accepts from the server, and how it weights its delta.
+
+    Attributes:
+        bits: The modulus 2^bits the client agrees to.
+        clip_range: Plain SecAgg: the per-coordinate clip of the fixed-point encoding.
+        ddp_clip: Distributed DP: the L2 clip of the Skellam encoding; None for plain SecAgg
+            (then a Skellam encoding is refused too, and vice versa).
+        weight_cap: Plain SecAgg weighted by examples: the cap of
+            :func:`~fedlab.core.update.example_weight`; None averages uniformly.
+        dropout_rate: ``fedlab simulate`` only: the simulated dropout rate.
+        seed: ``fedlab simulate`` only: the run seed (dropout draws, seeded randomness).
+
+    Example:
+        >>> ClientPolicy(bits=32, clip_range=1.0).ddp_clip is None
+        True
+    """
+
+    bits: int
+    clip_range: float = 1.0
+    ddp_clip: float | None = None
+    weight_cap: int | None = None
+    dropout_rate: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, config: RunConfig) -> ClientPolicy:
+        """The policy a fedlab run configuration sets (``secagg``, ``dp`` and ``run.seed``)."""
+        return cls(
+            bits=config.secagg.bits,
+            clip_range=config.secagg.clip_range,
+            ddp_clip=config.dp.clip_norm if config.dp.distributed else None,
+            weight_cap=config.secure_weight_cap(),
+            dropout_rate=config.secagg.simulate_dropout,
+            seed=config.run.seed,
+        )
+
+
+def check_encoding(policy: ClientPolicy, encoding: Encoding, vector_length: int) -> None:
+    """Refuse an encoding the client's own policy does not allow.
 
     Stops: a server that asks a client configured for distributed DP to send a noiseless
     fixed-point encoding, or that changes the clip, bit width or length. Does not stop: a server
     choosing a smaller positive noise multiplier than the calibrated one.
 
     Raises:
-        ProtocolError: If the encoding contradicts the configuration.
+        ProtocolError: If the encoding contradicts the policy.
 
     """
-    bits = config.secagg.bits
-    if config.dp.distributed:
+    if policy.ddp_clip is not None:
         if not isinstance(encoding, SkellamParams):
             raise ProtocolError("distributed DP is configured: refusing a noiseless fixed-point encoding")
-        if encoding.noise_multiplier <= 0.0 or encoding.clip != config.dp.clip_norm or encoding.bits != bits:
+        if (
+            encoding.noise_multiplier <= 0.0
+            or encoding.clip != policy.ddp_clip
+            or encoding.bits != policy.bits
+        ):
             raise ProtocolError("the Skellam encoding contradicts this client's dp/secagg configuration")
         if encoding.padded_dim != vector_length:
             raise ProtocolError("the Skellam encoding does not match the vector length")
         return
     if not isinstance(encoding, FixedPointCodec):
         raise ProtocolError("plain secure aggregation is configured: expected a fixed-point encoding")
-    if encoding.bits != bits or encoding.clip != config.secagg.clip_range:
+    if encoding.bits != policy.bits or encoding.clip != policy.clip_range:
         raise ProtocolError("the fixed-point encoding contradicts this client's secagg configuration")
 
 

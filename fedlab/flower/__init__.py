@@ -11,6 +11,9 @@ For a Flower app of your own:
   :class:`FedlabDpFedAvg`) and :class:`DeviceBudgetMod` (the device's own budget file decides
   whether a train reply leaves); :func:`private_training` (fedlab's DP-SGD on your model, optimizer
   and data loader in ``@app.train``, its accountant history kept in the context state).
+- SecAgg+: :class:`SecAggMod` (``secagg_mod``) answers fedlab's SecAgg+ stages in any ClientApp and
+  trains through the app's own ``@app.train``; :class:`SecAggWorkflow` (``secagg_workflow``) runs
+  secure FedAvg rounds from a ServerApp's ``main``.
 
 fedlab's own apps:
 
@@ -27,5 +30,16 @@ fedlab's own apps:
 from fedlab.flower.client_privacy import DeviceBudgetMod, clipping_mod, private_training
 from fedlab.flower.dp_strategy import FedlabDpFedAvg
 from fedlab.flower.privacy_accountant import FlowerAccountant
+from fedlab.flower.secagg_mod import SecAggMod
+from fedlab.flower.secagg_workflow import SecAggResult, SecAggWorkflow
 
-__all__ = ["DeviceBudgetMod", "FedlabDpFedAvg", "FlowerAccountant", "clipping_mod", "private_training"]
+__all__ = [
+    "DeviceBudgetMod",
+    "FedlabDpFedAvg",
+    "FlowerAccountant",
+    "SecAggMod",
+    "SecAggResult",
+    "SecAggWorkflow",
+    "clipping_mod",
+    "private_training",
+]

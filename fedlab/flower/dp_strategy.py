@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result, Strategy
@@ -43,6 +43,7 @@ from fedlab.algorithms.sampling import sample_poisson
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
+from fedlab.flower.records import arrays_record
 from fedlab.privacy.accountants import RepeatedEventAccountant
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,
@@ -312,9 +313,7 @@ class FedlabDpFedAvg(Strategy):
         self._commit(server_round)
         content = RecordDict(
             {
-                "arrays": ArrayRecord(
-                    {key: Array(w) for key, w in zip(state.arrays.keys(), released, strict=True)}
-                ),
+                "arrays": arrays_record(released, names=list(state.arrays.keys())),
                 "metrics": MetricRecord({self.weighted_by_key: 1}),
             }
         )

@@ -165,6 +165,19 @@ def client_id_from_content(content: RecordDict) -> str:
     return value
 
 
-def arrays_record(weights: Sequence[np.ndarray]) -> ArrayRecord:
-    """Wrap model weights into an ArrayRecord."""
-    return ArrayRecord([np.asarray(w) for w in weights])
+def arrays_record(weights: Sequence[np.ndarray], names: Sequence[str] | None = None) -> ArrayRecord:
+    """Wrap model weights into an ArrayRecord, keyed by ``names`` in order (None: "0", "1", ...).
+
+    Raises:
+        ValueError: If ``names`` and ``weights`` differ in length.
+
+    Example:
+        >>> import numpy as np
+        >>> list(arrays_record([np.zeros(2), np.ones(1)], names=["w", "b"]).keys())
+        ['w', 'b']
+    """
+    if names is None:
+        return ArrayRecord([np.asarray(w) for w in weights])
+    if len(names) != len(weights):
+        raise ValueError(f"{len(weights)} arrays for {len(names)} names")
+    return ArrayRecord({name: Array(np.asarray(w)) for name, w in zip(names, weights, strict=True)})

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 
-from fedlab.algorithms.secure_client import SecureClient, SecureClientState
+from fedlab.algorithms.secure_client import SecureClient, SecureClientState, Training
+from fedlab.algorithms.secure_encoding import ClientPolicy
 from fedlab.algorithms.secure_messages import StageCall
 from fedlab.algorithms.secure_wire import parse_call, reply_bytes
 from fedlab.core.config import RunConfig
@@ -79,7 +80,6 @@ class SecureStageClient:
             SecAggError: If the call breaks the protocol (the client refuses to go on).
 
         """
-        current = SecureClientState.from_bytes(state) if state is not None and call.stage > 0 else None
         runtime, seeded = self._runtime, self._client.seeded
 
         def training() -> tuple[TrainReport, tuple[GaussianEvent, ...]]:
@@ -89,14 +89,47 @@ class SecureStageClient:
             )
             return report, tuple(new_history)
 
-        response = self._client.respond(
-            config, data.client_id, call, current, training=training if weights else None
+        return answer_stage(
+            self._client,
+            ClientPolicy.of(config),
+            data.client_id,
+            call,
+            state=state,
+            training=training if weights else None,
         )
-        return StageAnswer(
-            None if response.reply is None else reply_bytes(response.reply),
-            None if response.state is None else response.state.to_bytes(),
-            response.history,
-        )
+
+
+def answer_stage(
+    client: SecureClient,
+    policy: ClientPolicy,
+    client_id: str,
+    call: StageCall,
+    *,
+    state: bytes | None,
+    training: Training | None,
+) -> StageAnswer:
+    """Answer one stage call from the stored state bytes; the reply and the next state as bytes.
+
+    Args:
+        client: Answers the stage (its randomness: ``os.urandom`` unless seeded).
+        policy: What the client accepts.
+        client_id: The client's stable id.
+        call: The stage call.
+        state: The state bytes the previous stage left (ignored at stage 0).
+        training: Trains the client at the masked-input stage (None: refused there).
+
+    Raises:
+        ValueError: If the stored state is malformed.
+        SecAggError: If the call breaks the protocol (the client refuses to go on).
+
+    """
+    current = SecureClientState.from_bytes(state) if state is not None and call.stage > 0 else None
+    response = client.respond(policy, client_id, call, current, training=training)
+    return StageAnswer(
+        None if response.reply is None else reply_bytes(response.reply),
+        None if response.state is None else response.state.to_bytes(),
+        response.history,
+    )
 
 
 def stage_call(msg: Message) -> StageCall:

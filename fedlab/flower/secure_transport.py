@@ -21,19 +21,24 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
 from fedlab.algorithms.secure_wire import call_bytes, parse_reply
 from fedlab.flower.exchange import exchange
-from fedlab.flower.records import usable_reply
+from fedlab.flower.records import arrays_record, usable_reply
 
 LOG = logging.getLogger("fedlab.secure_transport")
 
 SECAGG = "secagg"
 """Config record holding a stage call (``call``) or reply (``reply``) as bytes."""
 ARRAYS = "arrays"
+"""The array record of the global weights (masked-input stage only)."""
+WEIGHT_CAP = "weight-cap"
+"""The ``secagg`` record's example-weight cap (0: uniform), for :class:`~fedlab.flower.SecAggMod`."""
+TRAIN_CONFIG = "config"
+"""The config record of the app's own train function (masked-input stage, when given)."""
 MESSAGE_TYPE = f"{MessageType.TRAIN}.secagg"
 """The message type of every stage message: ``train`` category, ``secagg`` action."""
 
@@ -50,14 +55,39 @@ class FlowerSecureTransport:
         grid: The Grid of the running ServerApp.
         clients: Node id to client id, from the identity query.
         timeout: Seconds to wait for each stage's replies; late clients have dropped out.
+        message_type: The stage messages' type: fedlab's own ``train.secagg`` (its ClientApp
+            registers that action), or ``train`` for any ClientApp with
+            :class:`~fedlab.flower.secagg_mod.SecAggMod` (which answers the ``train`` messages
+            that hold a ``secagg`` record).
+        names: The model's array names (the weights travel as an ``ArrayRecord`` keyed by them);
+            None: keyed "0", "1", ...
+        train_config: Sent with the masked-input stage as the ``config`` record (the app's own
+            train function reads it), with ``server-round`` added.
+        weight_cap: The example-weight cap of plain SecAgg+ (None: uniform weights), announced in
+            every stage's ``secagg`` record as :data:`WEIGHT_CAP` (0 for None) for clients that
+            take the weighting from the server.
 
     """
 
-    def __init__(self, grid: Grid, clients: Mapping[int, str], *, timeout: float) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        clients: Mapping[int, str],
+        *,
+        timeout: float,
+        message_type: str = MESSAGE_TYPE,
+        names: Sequence[str] | None = None,
+        train_config: ConfigRecord | None = None,
+        weight_cap: int | None = None,
+    ) -> None:
         self._grid = grid
         self._clients = dict(clients)
         self._nodes = {cid: node for node, cid in clients.items()}
         self._timeout = timeout
+        self._message_type = message_type
+        self._names = None if names is None else list(names)
+        self._train_config = train_config
+        self._weight_cap = weight_cap or 0
 
     def available_clients(self) -> list[str]:
         """Client ids of the nodes connected now."""
@@ -67,15 +97,22 @@ class FlowerSecureTransport:
     def stage(self, request: StageRequest) -> StageReplies:
         """Send each client its stage message; decode the replies that came back in time."""
         calls = {self._nodes[cid]: call_bytes(request.call(cid)) for cid in request.messages}
-        arrays = ArrayRecord([np.asarray(w) for w in request.weights]) if request.weights else None
+        arrays = arrays_record(request.weights, self._names) if request.weights else None
+        config = None
+        if arrays is not None and self._train_config is not None:
+            config = ConfigRecord({**self._train_config, "server-round": request.round_num})
 
         def build(nodes: Sequence[int]) -> list[Message]:
             messages = []
             for node in nodes:
-                content = RecordDict({SECAGG: ConfigRecord({"call": calls[node]})})
+                content = RecordDict(
+                    {SECAGG: ConfigRecord({"call": calls[node], WEIGHT_CAP: self._weight_cap})}
+                )
                 if arrays is not None:
                     content[ARRAYS] = arrays
-                messages.append(Message(content=content, dst_node_id=node, message_type=MESSAGE_TYPE))
+                if config is not None:
+                    content[TRAIN_CONFIG] = config
+                messages.append(Message(content=content, dst_node_id=node, message_type=self._message_type))
             return messages
 
         replies = exchange(self._grid, build, list(calls), timeout=self._timeout)

@@ -214,7 +214,9 @@ def run_federation(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
             grid, clients, timeout=config.server.timeout, feature_range=(float(test.min()), float(test.max()))
         )
         if config.secagg.enabled:
-            transport = FlowerSecureTransport(grid, clients, timeout=config.server.timeout)
+            transport = FlowerSecureTransport(
+                grid, clients, timeout=config.server.timeout, weight_cap=config.secure_weight_cap()
+            )
         outcome = run_configured(
             config,
             transport=transport,

@@ -23,6 +23,7 @@ import logging
 
 from fedlab.algorithms.federation import ClientTransport, RoundPlan
 from fedlab.algorithms.secure_client import SecureClient, SecureClientState, Training, dropout_stage
+from fedlab.algorithms.secure_encoding import ClientPolicy
 from fedlab.algorithms.secure_messages import ClientStageMessage, StageReplies, StageRequest
 from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
@@ -43,6 +44,7 @@ class InlineSecureTransport:
 
     def __init__(self, config: RunConfig, inline: ClientTransport) -> None:
         self._config = config
+        self._policy = ClientPolicy.of(config)
         self._inline = inline
         self._client = SecureClient(seeded=True)
         self._states: dict[str, SecureClientState] = {}
@@ -84,7 +86,7 @@ class InlineSecureTransport:
         current = self._states.pop(cid, None)
         try:
             call = request.call(cid)
-            response = self._client.respond(self._config, cid, call, current, training=training)
+            response = self._client.respond(self._policy, cid, call, current, training=training)
         except (ValueError, SecAggError) as exc:
             failures.append(f"client {cid}: refused ({exc})")
             return None
