@@ -30,14 +30,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedlab.algorithms.fedavg import apply_delta
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
+from fedlab.algorithms.server_optimizer import ServerOptimizer, ServerOptimizerSettings, optimizer_state
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.reports import TrainReport
@@ -92,6 +92,7 @@ class DpFedAvgSettings:
     max_epsilon: float | None = None
     adaptive: AdaptiveClipState | None = None
     max_examples: int = MAX_EXAMPLES
+    optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
 
     @property
     def denominator(self) -> float:
@@ -204,6 +205,9 @@ def run_dp_fedavg(
         clip = adaptive.clip_norm
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(noise_rng, start.value("noise"))
+    optimizer = ServerOptimizer(settings.optimizer)
+    if not settings.optimizer.is_plain_fedavg:
+        optimizer.restore(start.value("optimizer"))
     round_event = settings.round_event()
     spent = RepeatedEventAccountant(round_event, accountant=settings.accountant)
     for _ in range(start.done):  # every round released one event
@@ -245,7 +249,7 @@ def run_dp_fedavg(
             shapes=shapes,
             rng=noise_rng,
         )
-        weights = apply_delta(weights, delta_mean)
+        weights = optimizer.step(weights, delta_mean)
         spent.compose(round_event)
         epsilon = spent.epsilon(delta=settings.delta)
         round_clip = clip
@@ -281,6 +285,11 @@ def run_dp_fedavg(
                     epsilon=epsilon,
                 )
             ],
-            state={"sampling": stream_state(sample_rng), "noise": stream_state(noise_rng), "clip": clip},
+            state={
+                "sampling": stream_state(sample_rng),
+                "noise": stream_state(noise_rng),
+                "clip": clip,
+                **optimizer_state(optimizer),
+            },
         )
     return DpFedAvgOutcome(weights, settings.rounds, epsilon, "completed all rounds")

@@ -32,10 +32,24 @@ def apply_fedavg(global_weights: Sequence[np.ndarray], updates: Sequence[Update]
     [2.5, 2.0]
 
     """
+    return apply_delta(global_weights, fedavg_delta(global_weights, updates))
+
+
+def fedavg_delta(global_weights: Sequence[np.ndarray], updates: Sequence[Update]) -> list[np.ndarray]:
+    """The weighted mean of the deltas (float64), checked against the model's shapes.
+
+    Raises:
+        ValueError: If there are no updates or their shapes do not match the model.
+
+    >>> u = [Update((np.array([1.0]),), num_examples=1, weight=1.0),
+    ...      Update((np.array([4.0]),), num_examples=2, weight=2.0)]
+    >>> fedavg_delta([np.zeros(1)], u)[0].tolist()
+    [3.0]
+    """
     mean = weighted_mean(list(updates))
     if [m.shape for m in mean] != [np.shape(g) for g in global_weights]:
         raise ValueError("update shapes do not match the global model")
-    return apply_delta(global_weights, mean)
+    return mean
 
 
 def apply_delta(weights: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -17,8 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
-from fedlab.algorithms.robust import aggregate
+from fedlab.algorithms.robust import aggregate_delta
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
+from fedlab.algorithms.server_optimizer import ServerOptimizer, ServerOptimizerSettings, optimizer_state
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.choices import AggregationKind
@@ -109,6 +110,7 @@ class FedAvgSettings:
     norm_bound: float | None = None
     max_update_norm: float | None = None
     max_examples: int = MAX_EXAMPLES
+    optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
 
     def sample(self, client_ids: Sequence[str], rng: RandomStream) -> list[str]:
         """Draw one round's clients."""
@@ -175,6 +177,9 @@ def run_fedavg(
     rng = np.random.default_rng([settings.seed, 1])
     restore_stream(rng, start.value("sampling"))
     weights = start.weights
+    optimizer = ServerOptimizer(settings.optimizer)
+    if not settings.optimizer.is_plain_fedavg:
+        optimizer.restore(start.value("optimizer"))
     rules = UpdateRules.for_model(
         weights, max_norm=settings.max_update_norm, max_examples=settings.max_examples
     )
@@ -188,10 +193,11 @@ def run_fedavg(
         replies = transport.train(plan, weights)
         kept, rejected = screen(replies.reports, rules, round_num)
         if kept:
-            weights = aggregate(
+            delta = aggregate_delta(
                 weights, [r.update for r in kept], kind=settings.aggregation,
                 trim_fraction=settings.trim_fraction, norm_bound=settings.norm_bound,
             )  # fmt: skip
+            weights = optimizer.step(weights, delta)
         recorder.release_round(
             round_num,
             weights,
@@ -203,6 +209,6 @@ def run_fedavg(
                 **rejected,
                 **replies.extra,
             },
-            state={"sampling": stream_state(rng)},
+            state={"sampling": stream_state(rng), **optimizer_state(optimizer)},
         )
     return weights

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedlab.algorithms.fedavg import apply_delta, apply_fedavg
+from fedlab.algorithms.fedavg import apply_delta, fedavg_delta
 from fedlab.core.choices import AggregationKind
 from fedlab.core.update import Update
 
@@ -82,15 +82,38 @@ def aggregate(
     >>> aggregate(g, ups, kind=AggregationKind.MEDIAN)[0].tolist()
     [2.0]
     """
+    return apply_delta(
+        weights,
+        aggregate_delta(weights, updates, kind=kind, trim_fraction=trim_fraction, norm_bound=norm_bound),
+    )
+
+
+def aggregate_delta(
+    weights: Sequence[np.ndarray],
+    updates: Sequence[Update],
+    *,
+    kind: AggregationKind = AggregationKind.FEDAVG,
+    trim_fraction: float = 0.1,
+    norm_bound: float | None = None,
+) -> list[np.ndarray]:
+    """The ``kind`` aggregate of the (valid) updates: the round's delta for the server optimizer.
+
+    Raises:
+        ValueError: If there are no updates, their shapes do not match ``weights``, or
+            ``norm_bounded`` has no bound.
+
+    >>> ups = [Update((np.array([v]),), 1) for v in (1.0, 2.0, 30.0)]
+    >>> aggregate_delta([np.zeros(1)], ups, kind=AggregationKind.TRIMMED_MEAN, trim_fraction=0.34)[0].tolist()
+    [2.0]
+    """
     if not updates:
         raise ValueError("cannot aggregate zero updates")
     if kind is AggregationKind.FEDAVG:
-        return apply_fedavg(weights, updates)
+        return fedavg_delta(weights, updates)
     if kind is AggregationKind.NORM_BOUNDED:
         if norm_bound is None:
             raise ValueError("norm_bounded aggregation needs a bound")
-        return apply_fedavg(weights, norm_bounded(updates, norm_bound))
-    delta = (
-        coordinate_median(updates) if kind is AggregationKind.MEDIAN else trimmed_mean(updates, trim_fraction)
-    )
-    return apply_delta(weights, delta)
+        return fedavg_delta(weights, norm_bounded(updates, norm_bound))
+    if kind is AggregationKind.MEDIAN:
+        return coordinate_median(updates)
+    return trimmed_mean(updates, trim_fraction)

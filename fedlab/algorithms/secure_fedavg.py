@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,6 +72,7 @@ from fedlab.algorithms.secure_messages import (
     StageReplies,
     StageRequest,
 )
+from fedlab.algorithms.server_optimizer import ServerOptimizerSettings
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
@@ -164,6 +165,7 @@ class SecureFedAvgSettings:
     max_epsilon: float | None = None
     weight_cap: int | None = None
     max_examples: int = MAX_EXAMPLES
+    optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
 
     @property
     def expected_cohort(self) -> float:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedlab.algorithms.fedavg import apply_delta
 from fedlab.algorithms.federation import RoundRecorder
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.secure_fedavg import SecureFedAvgSettings, SecureTransport, secure_round
+from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
@@ -74,6 +74,9 @@ def run_secure_fedavg(
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(source, start.value("source"))
     aborted = start.count("aborted")
+    optimizer = ServerOptimizer(settings.optimizer)
+    if not settings.optimizer.is_plain_fedavg:
+        optimizer.restore(start.value("optimizer"))
     accountants = (
         {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
     )
@@ -96,7 +99,7 @@ def run_secure_fedavg(
         if outcome.mean_delta is None:
             aborted += 1
         else:
-            weights = apply_delta(weights, outcome.mean_delta)
+            weights = optimizer.step(weights, outcome.mean_delta)
             federation = _compose_round(accountants, settings)
             if accountants:
                 epsilon = accountants[SERVER_VIEW].epsilon(delta=settings.delta)
@@ -107,7 +110,12 @@ def run_secure_fedavg(
             seconds=time.perf_counter() - started,
             extra=outcome.extra,
             federation=federation,
-            state={"sampling": stream_state(sample_rng), "source": stream_state(source), "aborted": aborted},
+            state={
+                "sampling": stream_state(sample_rng),
+                "source": stream_state(source),
+                "aborted": aborted,
+                **optimizer_state(optimizer),
+            },
         )
     return SecureFedAvgOutcome(weights, settings.rounds, aborted, epsilon, "completed all rounds")
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fedlab.core.choices import SAMPLING, AggregationKind, check_choice, check_min, config_error
 
 AGGREGATIONS = tuple(kind.value for kind in AggregationKind)
+OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+"""``server.optimizer``: Reddi et al. 2021's server optimizers (:mod:`fedlab.algorithms.server_optimizer`)."""
 MAX_EXAMPLES = 10_000_000
 """The default largest example count a client may claim (``server.max_examples``)."""
 
@@ -26,6 +28,10 @@ class ServerSection:
     values, example count up to ``max_examples``, metrics; its norm up to ``max_update_norm``
     when set) and a bad one is rejected with its reason.
 
+    ``optimizer`` moves the model by the aggregate delta: ``fedavg`` (``lr`` times it; 1 is plain
+    FedAvg), ``fedavgm`` (with ``momentum``), ``fedadam``, ``fedyogi`` or ``fedadagrad`` (with
+    ``beta1``, ``beta2`` and ``tau``). Under DP it acts on the released, noised aggregate.
+
     >>> ServerSection(aggregation="median").aggregation is AggregationKind.MEDIAN
     True
     """
@@ -38,6 +44,12 @@ class ServerSection:
     norm_bound: float | None = None
     max_update_norm: float | None = None
     max_examples: int = MAX_EXAMPLES
+    optimizer: str = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction_train <= 1.0:
@@ -53,6 +65,14 @@ class ServerSection:
             if value is not None and not 0.0 < value < float("inf"):
                 raise config_error(f"server.{key}", f"must be finite and > 0; got {value!r}")
         check_min("server.max_examples", self.max_examples, 1)
+        check_choice("server.optimizer", self.optimizer, OPTIMIZERS)
+        for key in ("lr", "tau"):
+            value = getattr(self, key)
+            if not 0.0 < value < float("inf"):
+                raise config_error(f"server.{key}", f"must be finite and > 0; got {value!r}")
+        for key in ("momentum", "beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise config_error(f"server.{key}", f"must be in [0, 1); got {getattr(self, key)!r}")
         if self.aggregation is AggregationKind.NORM_BOUNDED and self.norm_bound is None:
             raise config_error("server.norm_bound", "aggregation = 'norm_bounded' needs a bound")
 

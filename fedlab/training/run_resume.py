@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlab.core.checkpoint import Checkpoint
-from fedlab.core.config import RunConfig
+from fedlab.core.config import RunConfig, config_from_dict
 from fedlab.core.errors import ConfigError, LedgerError
 from fedlab.core.metrics import RoundMetrics, read_metrics
 from fedlab.privacy.events import GaussianEvent
@@ -71,6 +71,20 @@ def stored_config(run_dir: Path) -> dict[str, Any]:
     return raw
 
 
+def as_read_now(raw: Mapping[str, Any], run_dir: Path, what: str) -> dict[str, Any]:
+    """A stored configuration as this fedlab reads it: keys added since it was written take their defaults.
+
+    Raises:
+        ConfigError: If this fedlab cannot read it (a key it no longer knows, a bad value).
+    """
+    try:
+        return config_from_dict(raw).to_dict()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--resume {run_dir}: the run's {what} no longer reads as a configuration: {exc}"
+        ) from None
+
+
 def open_for_resume(
     run_dir: Path, config: RunConfig, ledger_file: str
 ) -> tuple[PrivacyLedger, Checkpoint | None]:
@@ -80,12 +94,17 @@ def open_for_resume(
         ConfigError: If ``config`` differs from the run's, naming each changed key.
         LedgerError: If the ledger is missing or inconsistent, or its last round has no readable checkpoint.
     """
-    changes = config_changes(stored_config(run_dir), config.to_dict())
+    changes = config_changes(as_read_now(stored_config(run_dir), run_dir, "config.json"), config.to_dict())
     if changes:
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's: {', '.join(changes)}")
     ledger = PrivacyLedger.open(run_dir / ledger_file)
     try:
-        if ledger.meta()["config_json"] != json.dumps(config.to_dict(), sort_keys=True):
+        try:
+            raw = json.loads(ledger.meta()["config_json"])
+        except ValueError as exc:
+            raise LedgerError(f"--resume {run_dir}: the ledger's configuration is not JSON ({exc})") from None
+        recorded = as_read_now(raw, run_dir, "ledger configuration")
+        if json.dumps(recorded, sort_keys=True) != json.dumps(config.to_dict(), sort_keys=True):
             raise LedgerError(f"--resume {run_dir}: config.json differs from the ledger's configuration")
         last = ledger.last_round()
         blob = ledger.checkpoint()

@@ -12,18 +12,24 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--set", "run.rounds=2", "--set", "server.fraction_train=0.5", "--set", "train.local_epochs=1"]
 
 
-def run_backend(backend: str, out: Path) -> dict:
+def run_backend(backend: str, out: Path, *extra: str) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
     config = str(REPO / "simulations" / "digits.toml")
-    args = ["simulate", config, *SMALL, "--set", f'simulation.backend="{backend}"']
+    args = ["simulate", config, *SMALL, *extra, "--set", f'simulation.backend="{backend}"']
     code, output = run_to_end(*args, "--quiet", "--out", str(out), cwd=out.parent)
     assert code == 0, output
     return json.loads((out / "summary.json").read_text())
 
 
 @pytest.mark.slow
-def test_inline_and_flower_backends_give_the_same_model(tmp_path):
-    inline = run_backend("inline", tmp_path / "inline")
-    flower = run_backend("flower", tmp_path / "flower")
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--set", 'server.optimizer="fedadam"', "--set", "server.lr=0.1")],
+    ids=["fedavg", "fedadam"],
+)
+def test_inline_and_flower_backends_give_the_same_model(tmp_path, extra):
+    inline = run_backend("inline", tmp_path / "inline", *extra)
+    flower = run_backend("flower", tmp_path / "flower", *extra)
     a = np.load(tmp_path / "inline" / "model.npz")
     b = np.load(tmp_path / "flower" / "model.npz")
     assert a.files == b.files

@@ -82,6 +82,9 @@ CASES = {
     "dpsgd-cohort": ("digits-dp", ("run.rounds=8", 'simulation.trainer="cohort"'), (1, 5)),
     "secagg-ddp": ("digits-secagg-ddp", ("run.rounds=6",), (3,)),
     "central-adaptive": ("digits", (*CENTRAL, "dp.adaptive_clipping=true"), (4, 6)),
+    "fedadam": ("digits", ("run.rounds=5", 'server.optimizer="fedadam"', "server.lr=0.05"), (2,)),
+    "central-fedyogi": ("digits", (*CENTRAL, 'server.optimizer="fedyogi"', "server.lr=0.05"), (3,)),
+    "secagg-ddp-fedavgm": ("digits-secagg-ddp", ("run.rounds=4", 'server.optimizer="fedavgm"'), (2,)),
     "devices": (
         "digits-dp",
         ("run.rounds=8", "simulation.dropout=0.3", "simulation.round_deadline=30.0"),
@@ -108,6 +111,29 @@ def test_a_changed_config_is_refused_naming_the_change(tmp_path):
         simulate_inline(changed, tmp_path / "run", SilentObserver(), resume=True)
     with PrivacyLedger.open(tmp_path / "run" / "ledger.sqlite") as ledger:
         assert ledger.last_round() == 1, "the refused resume wrote nothing"
+
+
+def test_a_run_recorded_before_keys_were_added_resumes_with_their_defaults(tmp_path):
+    """An older fedlab wrote config.json and the ledger without the keys added since (server.optimizer...)."""
+    cfg = config("digits", "run.rounds=3")
+    whole = simulate_inline(cfg, tmp_path / "whole", SilentObserver())
+    run = tmp_path / "old"
+    with pytest.raises(SimulatedCrashError):
+        simulate_inline(cfg, run, CrashAfter(1))
+    older = json.loads((run / "config.json").read_text())
+    del older["run"]["tensorboard"]
+    for key in ("optimizer", "lr", "momentum", "beta1", "beta2", "tau"):
+        del older["server"][key]
+    (run / "config.json").write_text(json.dumps(older))
+    with sqlite3.connect(run / "ledger.sqlite") as conn:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'config_json'", (json.dumps(older, sort_keys=True),)
+        )
+    resumed = simulate_inline(cfg, run, SilentObserver(), resume=True)
+    assert_same_run(tmp_path / "whole", run, whole, resumed)
+    changed = config("digits", "run.rounds=3", 'server.optimizer="fedadam"')
+    with pytest.raises(ConfigError, match=r"server\.optimizer \('fedavg' -> 'fedadam'\)"):
+        simulate_inline(changed, run, SilentObserver(), resume=True)
 
 
 def test_a_finished_run_resumes_to_the_same_summary(tmp_path):
@@ -140,3 +166,25 @@ def test_a_resumed_deployed_server_keeps_no_generator_state_in_the_run_directory
     with PrivacyLedger.open(seeded / "ledger.sqlite") as ledger:
         seeded_state = Checkpoint.from_bytes(ledger.checkpoint()).state
     assert seeded_state["loop"]["sampling"] is not None  # the refusal above is not vacuous
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("digits", ()),
+        ("digits", CENTRAL),
+        ("digits-secagg-ddp", ()),
+    ],
+    ids=["fedavg-loop", "central-dp-loop", "secure-loop"],
+)
+def test_every_round_loop_moves_the_model_by_the_server_lr_times_the_aggregate(tmp_path, name, overrides):
+    """One round from the same start: w(lr) = w0 + lr * d, so w(1) - w(1/2) = 2 (w(1/2) - w(1/4))."""
+    finals = {}
+    for lr in (1.0, 0.5, 0.25):
+        cfg = config(name, *overrides, "run.rounds=1", f"server.lr={lr}")
+        simulate_inline(cfg, tmp_path / str(lr), SilentObserver())
+        with np.load(tmp_path / str(lr) / "model.npz") as archive:
+            finals[lr] = [archive[k].astype(np.float64) for k in archive.files]
+    for w1, wh, wq in zip(finals[1.0], finals[0.5], finals[0.25], strict=True):
+        assert np.abs(w1 - wh).max() > 1e-4, "the round moved the model"
+        np.testing.assert_allclose(w1 - wh, 2 * (wh - wq), atol=1e-5)
