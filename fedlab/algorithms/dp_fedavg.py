@@ -37,11 +37,11 @@ import numpy as np
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
-from fedlab.algorithms.server_optimizer import ServerOptimizer, ServerOptimizerSettings, optimizer_state
+from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.reports import TrainReport
-from fedlab.core.server_config import MAX_EXAMPLES
+from fedlab.core.server_config import MAX_EXAMPLES, ServerOptimizerSettings
 from fedlab.privacy.accountants import RepeatedEventAccountant
 from fedlab.privacy.adaptive_clipping import (
     AdaptiveClipState,

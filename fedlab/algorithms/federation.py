@@ -19,13 +19,13 @@ import numpy as np
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.robust import aggregate_delta
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
-from fedlab.algorithms.server_optimizer import ServerOptimizer, ServerOptimizerSettings, optimizer_state
+from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.choices import AggregationKind
 from fedlab.core.metrics import RoundMetrics
 from fedlab.core.reports import RoundReplies, TrainReport
-from fedlab.core.server_config import MAX_EXAMPLES
+from fedlab.core.server_config import MAX_EXAMPLES, ServerOptimizerSettings
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
 

@@ -25,7 +25,6 @@ from fedlab.algorithms.secure_fedavg import (
     fixed_point_codec,
 )
 from fedlab.algorithms.secure_loop import run_secure_fedavg
-from fedlab.algorithms.server_optimizer import ServerOptimizerSettings
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.config import RunConfig
 from fedlab.core.errors import ConfigError
@@ -138,7 +137,7 @@ def central_settings(config: RunConfig, *, num_clients: int) -> DpFedAvgSettings
         max_epsilon=dp.max_epsilon,
         adaptive=adaptive,
         max_examples=config.server.max_examples,
-        optimizer=ServerOptimizerSettings.of(config.server),
+        optimizer=config.server.optimizer_settings(),
     )
     try:
         settings.update_noise_multiplier()  # fails early if adaptive clipping is infeasible
@@ -174,7 +173,7 @@ def secure_settings(config: RunConfig, *, num_clients: int, dim: int) -> SecureF
         num_clients=num_clients, bits=sa.bits, neighbours=sa.neighbours, threshold=sa.threshold,
         clip_range=sa.clip_range, min_survivors=sa.min_survivors, ddp=ddp, delta=dp.delta,
         max_epsilon=dp.max_epsilon, weight_cap=config.secure_weight_cap(),
-        max_examples=config.server.max_examples, optimizer=ServerOptimizerSettings.of(config.server),
+        max_examples=config.server.max_examples, optimizer=config.server.optimizer_settings(),
     )  # fmt: skip
 
 
@@ -282,7 +281,7 @@ def run_configured(
         sampling=config.client_sampling, aggregation=server.aggregation,
         trim_fraction=server.trim_fraction, norm_bound=server.norm_bound,
         max_update_norm=server.max_update_norm, max_examples=server.max_examples,
-        optimizer=ServerOptimizerSettings.of(server),
+        optimizer=server.optimizer_settings(),
     )  # fmt: skip
     weights = run_fedavg(
         transport=transport,

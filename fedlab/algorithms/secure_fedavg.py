@@ -72,11 +72,10 @@ from fedlab.algorithms.secure_messages import (
     StageReplies,
     StageRequest,
 )
-from fedlab.algorithms.server_optimizer import ServerOptimizerSettings
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.errors import ConfigError
 from fedlab.core.reports import TrainReport
-from fedlab.core.server_config import MAX_EXAMPLES
+from fedlab.core.server_config import MAX_EXAMPLES, ServerOptimizerSettings
 from fedlab.core.update import Update, example_weight
 from fedlab.privacy.secure_random import RandomStream
 from fedlab.privacy.skellam import (

@@ -20,59 +20,13 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedlab.algorithms.fedavg import apply_delta
-from fedlab.core.server_config import OPTIMIZERS, ServerSection
-
-
-@dataclass(frozen=True)
-class ServerOptimizerSettings:
-    """Which server optimizer, and its hyperparameters.
-
-    Raises:
-        ValueError: On an unknown kind, a non-positive or non-finite lr or tau, or a momentum or
-            beta outside [0, 1).
-
-    Example:
-        >>> ServerOptimizerSettings("fedadam", lr=0.01).is_plain_fedavg
-        False
-    """
-
-    kind: str = "fedavg"
-    lr: float = 1.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.kind not in OPTIMIZERS:
-            raise ValueError(f"unknown server optimizer {self.kind!r}: one of {', '.join(OPTIMIZERS)}")
-        for name in ("lr", "tau"):
-            value = getattr(self, name)
-            if not (value > 0.0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be positive and finite; got {value!r}")
-        for name in ("momentum", "beta1", "beta2"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1); got {value!r}")
-
-    @classmethod
-    def of(cls, server: ServerSection) -> ServerOptimizerSettings:
-        """The settings of a config's ``[server]`` section."""
-        return cls(server.optimizer, lr=server.lr, momentum=server.momentum, beta1=server.beta1,
-                   beta2=server.beta2, tau=server.tau)  # fmt: skip
-
-    @property
-    def is_plain_fedavg(self) -> bool:
-        """FedAvg with lr 1: the model plus the aggregate delta, no state."""
-        return self.kind == "fedavg" and self.lr == 1.0
+from fedlab.core.server_config import ServerOptimizerSettings
 
 
 def _encode(array: np.ndarray) -> str:

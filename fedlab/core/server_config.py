@@ -65,7 +65,44 @@ class ServerSection:
             if value is not None and not 0.0 < value < float("inf"):
                 raise config_error(f"server.{key}", f"must be finite and > 0; got {value!r}")
         check_min("server.max_examples", self.max_examples, 1)
-        check_choice("server.optimizer", self.optimizer, OPTIMIZERS)
+        self.optimizer_settings()  # validates server.optimizer, lr, momentum, beta1, beta2, tau
+        if self.aggregation is AggregationKind.NORM_BOUNDED and self.norm_bound is None:
+            raise config_error("server.norm_bound", "aggregation = 'norm_bounded' needs a bound")
+
+    def optimizer_settings(self) -> ServerOptimizerSettings:
+        """The section's server optimizer settings."""
+        return ServerOptimizerSettings(
+            self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            tau=self.tau,
+        )
+
+
+@dataclass(frozen=True)
+class ServerOptimizerSettings:
+    """Which server optimizer (:mod:`fedlab.algorithms.server_optimizer`), and its hyperparameters.
+
+    Raises:
+        ConfigError: On an unknown kind, a non-positive or non-finite lr or tau, or a momentum or
+            beta outside [0, 1) (named by its ``server.`` key).
+
+    Example:
+        >>> ServerOptimizerSettings("fedadam", lr=0.01).is_plain_fedavg
+        False
+    """
+
+    kind: str = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_choice("server.optimizer", self.kind, OPTIMIZERS)
         for key in ("lr", "tau"):
             value = getattr(self, key)
             if not 0.0 < value < float("inf"):
@@ -73,8 +110,11 @@ class ServerSection:
         for key in ("momentum", "beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise config_error(f"server.{key}", f"must be in [0, 1); got {getattr(self, key)!r}")
-        if self.aggregation is AggregationKind.NORM_BOUNDED and self.norm_bound is None:
-            raise config_error("server.norm_bound", "aggregation = 'norm_bounded' needs a bound")
+
+    @property
+    def is_plain_fedavg(self) -> bool:
+        """FedAvg with lr 1: the model plus the aggregate delta, no state."""
+        return self.kind == "fedavg" and self.lr == 1.0
 
 
 def check_aggregation(server: ServerSection, *, dp_mode: str, secure: bool) -> None:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fedlab.algorithms.fedavg import apply_delta
-from fedlab.algorithms.server_optimizer import ServerOptimizer, ServerOptimizerSettings
+from fedlab.algorithms.server_optimizer import ServerOptimizer
 from fedlab.core.config import config_from_dict
 from fedlab.core.errors import ConfigError
+from fedlab.core.server_config import ServerOptimizerSettings
 
 
 def run(settings: ServerOptimizerSettings, deltas: list[np.ndarray], start: float = 0.0) -> np.ndarray:
