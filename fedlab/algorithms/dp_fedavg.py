@@ -37,7 +37,7 @@ import numpy as np
 from fedlab.algorithms.federation import ClientTransport, RoundPlan, RoundRecorder, round_seed
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.sampling import sample_poisson
-from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
+from fedlab.algorithms.server_optimizer import optimizer_state, resumed_optimizer
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.reports import TrainReport
@@ -205,9 +205,7 @@ def run_dp_fedavg(
         clip = adaptive.clip_norm
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(noise_rng, start.value("noise"))
-    optimizer = ServerOptimizer(settings.optimizer)
-    if not settings.optimizer.is_plain_fedavg:
-        optimizer.restore(start.value("optimizer"))
+    optimizer = resumed_optimizer(settings.optimizer, start)
     round_event = settings.round_event()
     spent = RepeatedEventAccountant(round_event, accountant=settings.accountant)
     for _ in range(start.done):  # every round released one event

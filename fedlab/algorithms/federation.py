@@ -19,7 +19,7 @@ import numpy as np
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.robust import aggregate_delta
 from fedlab.algorithms.sampling import sample_fraction, sample_poisson
-from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
+from fedlab.algorithms.server_optimizer import optimizer_state, resumed_optimizer
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.core.choices import AggregationKind
@@ -177,9 +177,7 @@ def run_fedavg(
     rng = np.random.default_rng([settings.seed, 1])
     restore_stream(rng, start.value("sampling"))
     weights = start.weights
-    optimizer = ServerOptimizer(settings.optimizer)
-    if not settings.optimizer.is_plain_fedavg:
-        optimizer.restore(start.value("optimizer"))
+    optimizer = resumed_optimizer(settings.optimizer, start)
     rules = UpdateRules.for_model(
         weights, max_norm=settings.max_update_norm, max_examples=settings.max_examples
     )

@@ -16,7 +16,7 @@ import numpy as np
 from fedlab.algorithms.federation import RoundRecorder
 from fedlab.algorithms.resume import LoopStart, restore_stream, stream_state
 from fedlab.algorithms.secure_fedavg import SecureFedAvgSettings, SecureTransport, secure_round
-from fedlab.algorithms.server_optimizer import ServerOptimizer, optimizer_state
+from fedlab.algorithms.server_optimizer import optimizer_state, resumed_optimizer
 from fedlab.core.checkpoint import Checkpoint
 from fedlab.privacy.ledger import FederationSpend
 from fedlab.privacy.secure_random import RandomStream
@@ -74,9 +74,7 @@ def run_secure_fedavg(
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(source, start.value("source"))
     aborted = start.count("aborted")
-    optimizer = ServerOptimizer(settings.optimizer)
-    if not settings.optimizer.is_plain_fedavg:
-        optimizer.restore(start.value("optimizer"))
+    optimizer = resumed_optimizer(settings.optimizer, start)
     accountants = (
         {name: SkellamAccountant() for name in settings.round_events()} if settings.ddp is not None else {}
     )

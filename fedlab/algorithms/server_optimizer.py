@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedlab.algorithms.fedavg import apply_delta
+from fedlab.algorithms.resume import LoopStart
 from fedlab.core.server_config import ServerOptimizerSettings
 
 
@@ -121,3 +122,11 @@ class ServerOptimizer:
 def optimizer_state(optimizer: ServerOptimizer) -> dict[str, Any]:
     """The round loop's ``optimizer`` state entry: empty for plain FedAvg (which has none)."""
     return {} if optimizer.settings.is_plain_fedavg else {"optimizer": optimizer.state()}
+
+
+def resumed_optimizer(settings: ServerOptimizerSettings, start: LoopStart) -> ServerOptimizer:
+    """The round loop's optimizer: fresh, or with the moments of the checkpoint it resumes from."""
+    optimizer = ServerOptimizer(settings)
+    if not settings.is_plain_fedavg:
+        optimizer.restore(start.value("optimizer"))
+    return optimizer

@@ -167,7 +167,7 @@ class SecAggWorkflow:
         self.num_rounds = num_rounds
         self.fraction_train = fraction_train
         self.min_nodes = min_nodes
-        self._graph = (bits, neighbours, threshold)
+        self._bits, self._neighbours, self._threshold = bits, neighbours, threshold
         self._clip_range = clip_range
         self._weight_cap = max_weight if weighting == "examples" else None
         self._min_survivors = min_survivors
@@ -193,9 +193,9 @@ class SecAggWorkflow:
             sampling="fraction",
             seed=secrets.randbits(62),
             num_clients=len(clients),
-            bits=self._graph[0],
-            neighbours=self._graph[1],
-            threshold=self._graph[2],
+            bits=self._bits,
+            neighbours=self._neighbours,
+            threshold=self._threshold,
             clip_range=self._clip_range,
             min_survivors=self._min_survivors,
             weight_cap=self._weight_cap,
