@@ -399,10 +399,12 @@ def _register_deployment_commands() -> None:
     from fedlab.cli.audit import register as register_audit
     from fedlab.cli.data import register as register_data
     from fedlab.cli.deploy import register
+    from fedlab.cli.pretrain import register as register_pretrain
 
     register(app)
     register_audit(app)
     register_data(app)
+    register_pretrain(app)
 
 
 _register_deployment_commands()

@@ -12,7 +12,9 @@ from typing import Any
 
 from fedlab.core.errors import ConfigError
 
-DATASETS = ("digits", "synthetic", "files")
+DATASETS = ("digits", "synthetic", "files", "text", "stdlib", "hub")
+TEXT_LEVELS = ("byte", "char")
+FINETUNE_MODES = ("full", "lora")
 PARTITIONERS = ("iid", "dirichlet", "shards")
 
 
@@ -26,6 +28,8 @@ class ModelKind(StrEnum):
     LOGREG = "logreg"
     MLP = "mlp"
     CNN = "cnn"
+    LSTM = "lstm"
+    TRANSFORMER = "transformer"
 
 
 MODELS = tuple(kind.value for kind in ModelKind)

@@ -19,17 +19,12 @@ from fedlab.core.choices import (
     BACKENDS,
     CLIENT_ACCOUNTANTS,
     CLIENT_RANDOMNESS,
-    DATASETS,
     DEVICE_MODELS,
     DP_MODES,
-    MODELS,
-    OPTIMIZERS,
-    PARTITIONERS,
     SECAGG_WEIGHTINGS,
     SERVER_ACCOUNTANTS,
     TRAINERS,
     AccountantKind,
-    ModelKind,
     TrainerKind,
     check_choice,
     check_min,
@@ -38,6 +33,9 @@ from fedlab.core.choices import (
     config_error,
     path_exists,
 )
+from fedlab.core.learning_config import DataSection as DataSection
+from fedlab.core.learning_config import ModelSection as ModelSection
+from fedlab.core.learning_config import TrainSection as TrainSection
 from fedlab.core.server_config import ServerSection, check_aggregation
 from fedlab.core.toml_input import apply_overrides as apply_overrides
 from fedlab.core.toml_input import read_toml as read_toml
@@ -55,78 +53,6 @@ class RunSection:
     def __post_init__(self) -> None:
         check_min("run.rounds", self.rounds, 1)
         check_min("run.seed", self.seed, 0)
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """Which data set, how it is split among clients and held out for testing."""
-
-    dataset: str = "digits"
-    path: str = ""
-    label_column: str = "label"
-    partitioner: str = "iid"
-    num_clients: int = 10
-    dirichlet_alpha: float = 0.5
-    shards_per_client: int = 2
-    min_partition_size: int = 10
-    test_fraction: float = 0.2
-    synthetic_alpha: float = 1.0
-    synthetic_beta: float = 1.0
-    synthetic_mean_samples: int = 100
-
-    def __post_init__(self) -> None:
-        check_choice("data.dataset", self.dataset, DATASETS)
-        check_choice("data.partitioner", self.partitioner, PARTITIONERS)
-        check_min("data.num_clients", self.num_clients, 1)
-        check_min("data.dirichlet_alpha", self.dirichlet_alpha, 0.0, inclusive=False)
-        check_min("data.shards_per_client", self.shards_per_client, 1)
-        check_min("data.min_partition_size", self.min_partition_size, 1)
-        check_open_unit("data.test_fraction", self.test_fraction)
-        check_min("data.synthetic_alpha", self.synthetic_alpha, 0.0)
-        check_min("data.synthetic_beta", self.synthetic_beta, 0.0)
-        check_min("data.synthetic_mean_samples", self.synthetic_mean_samples, 1)
-        if self.dataset == "files":
-            if not self.path:
-                raise config_error("data.path", "required when data.dataset = 'files'")
-            if not path_exists(self.path):
-                raise config_error("data.path", f"does not exist: {self.path[:200]}")
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    """The neural network every client trains."""
-
-    kind: ModelKind = ModelKind.CNN
-    hidden: int = 64
-
-    def __post_init__(self) -> None:
-        check_choice("model.kind", self.kind, MODELS)
-        object.__setattr__(self, "kind", ModelKind(self.kind))  # the TOML string, resolved
-        check_min("model.hidden", self.hidden, 1)
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    """Local training on each client."""
-
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.05
-    momentum: float = 0.0
-    optimizer: str = "sgd"
-    device: str = "auto"
-    eval_batch_size: int = 512
-
-    def __post_init__(self) -> None:
-        check_min("train.local_epochs", self.local_epochs, 1)
-        check_min("train.batch_size", self.batch_size, 1)
-        check_min("train.lr", self.lr, 0.0, inclusive=False)
-        if not 0.0 <= self.momentum < 1.0:
-            raise config_error("train.momentum", f"must be in [0, 1); got {self.momentum!r}")
-        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise config_error("train.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
-        check_min("train.eval_batch_size", self.eval_batch_size, 1)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ from fedlab.core.config import DataSection
 from fedlab.core.errors import DataError
 from fedlab.data.digits import load_digits_dataset
 from fedlab.data.files import load_local_files
+from fedlab.data.hub import load_hub_splits
 from fedlab.data.partition import partition_indices, train_test_split_indices
 from fedlab.data.synthetic import make_synthetic
+from fedlab.data.text import TEXT_DATASETS, load_text
 from fedlab.data.types import ArrayDataset, FederatedData, HasClientSizes, PartitionedData
 
 # Purposes of the seeds derived from the run seed (spawn keys).
@@ -31,7 +33,9 @@ def build_federated_data(section: DataSection, *, seed: int) -> FederatedData:
     test set and the rest is split by ``section.partitioner``. ``synthetic``: FedProx
     Synthetic(``synthetic_alpha``, ``synthetic_beta``) with natural per-client data,
     IID when ``partitioner = "iid"``, client sizes lognormal around
-    ``synthetic_mean_samples`` and at least ``min_partition_size``.
+    ``synthetic_mean_samples`` and at least ``min_partition_size``. ``text`` and ``stdlib``:
+    next-token prediction, a client per file or subfolder (:func:`~fedlab.data.text.load_text`).
+    ``hub``: the hub data set's split partitioned, its test split (if any) as the test set.
 
     Args:
         section: The validated ``[data]`` section.
@@ -53,6 +57,13 @@ def build_federated_data(section: DataSection, *, seed: int) -> FederatedData:
             iid=section.partitioner == "iid",
             min_samples=section.min_partition_size,
         )
+    if section.dataset in TEXT_DATASETS:
+        return load_text(section)
+    if section.dataset == "hub":
+        pool, test = load_hub_splits(section)
+        if test is not None:
+            return _partitioned(pool, test, section, seed=seed)
+        return split_dataset(pool, section, seed=seed)
     return split_dataset(_load_pool(section), section, seed=seed)
 
 
@@ -79,7 +90,13 @@ def split_dataset(pool: ArrayDataset, section: DataSection, *, seed: int) -> Par
     train_idx, test_idx = train_test_split_indices(
         len(pool), test_fraction=section.test_fraction, seed=_derived_seed(seed, _SPLIT_SEED), labels=pool.y
     )
-    train = pool.subset(train_idx)
+    return _partitioned(pool.subset(train_idx), pool.subset(test_idx), section, seed=seed)
+
+
+def _partitioned(
+    train: ArrayDataset, test: ArrayDataset, section: DataSection, *, seed: int
+) -> PartitionedData:
+    """Partition ``train`` among ``section.num_clients`` clients by ``section.partitioner``."""
     parts = partition_indices(
         train.y,
         kind=section.partitioner,
@@ -89,7 +106,7 @@ def split_dataset(pool: ArrayDataset, section: DataSection, *, seed: int) -> Par
         shards_per_partition=section.shards_per_client,
         min_partition_size=section.min_partition_size,
     )
-    return PartitionedData(train=train, partitions=tuple(parts), test=pool.subset(test_idx))
+    return PartitionedData(train=train, partitions=tuple(parts), test=test)
 
 
 def smallest_client_size(data: FederatedData) -> int:

@@ -80,7 +80,7 @@ from fedlab.training.canaries import (
     seeded_noise_sum,
 )
 from fedlab.training.client_runtime import client_seed
-from fedlab.training.models import build_model, get_weights, set_weights
+from fedlab.training.models import get_weights, model_for, set_weights
 from fedlab.training.randomness import round_seeds
 
 THREATS = ("final-model", "updates", "server-knows-config")
@@ -300,10 +300,7 @@ def _flat(arrays: Sequence[np.ndarray]) -> npt.NDArray[np.float64]:
 
 
 def _model(config: RunConfig, data: FederatedData, weights: Sequence[np.ndarray] | None = None) -> Any:
-    model = build_model(
-        config.model.kind, feature_shape=data.feature_shape, num_classes=data.num_classes,
-        hidden=config.model.hidden, seed=config.run.seed,
-    )  # fmt: skip
+    model = model_for(config, feature_shape=data.feature_shape, num_classes=data.num_classes)
     if weights is not None:
         set_weights(model, weights)
     return model

@@ -51,7 +51,7 @@ from fedlab.sim.pool import WorkerPool
 from fedlab.sim.secure_inline import InlineSecureTransport
 from fedlab.sim.trainer import ClientOutcome, local_steps, resolve_trainer
 from fedlab.sim.worker import ClientService, WorkerTask, split_task
-from fedlab.training.models import build_model
+from fedlab.training.models import model_for
 from fedlab.training.recorder import RunRecorder
 from fedlab.training.run_setup import set_up_run
 
@@ -316,7 +316,4 @@ def _run_rounds(
 
 
 def _fresh_model(config: RunConfig, data: FederatedData) -> torch.nn.Module:
-    return build_model(
-        config.model.kind, feature_shape=data.feature_shape, num_classes=data.num_classes,
-        hidden=config.model.hidden, seed=config.run.seed,
-    )  # fmt: skip
+    return model_for(config, feature_shape=data.feature_shape, num_classes=data.num_classes)

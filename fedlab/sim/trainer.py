@@ -30,7 +30,7 @@ from fedlab.training.client_runtime import CalibrationKey, client_report, client
 from fedlab.training.cohort_layers import unsupported_reason
 from fedlab.training.device import resolve_device
 from fedlab.training.local import LocalTrainer
-from fedlab.training.models import build_model
+from fedlab.training.models import model_for
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,7 @@ class SwapTrainer:
         self._optim = optim_spec(config)
         self._device = resolve_device(config.train.device)
         self._private = config.dp.dpsgd
-        self._model = build_model(
-            config.model.kind,
-            feature_shape=feature_shape,
-            num_classes=num_classes,
-            hidden=config.model.hidden,
-            seed=config.run.seed,
-        ).to(self._device)
+        self._model = model_for(config, feature_shape=feature_shape, num_classes=num_classes).to(self._device)
         self._trainer: LocalTrainer | None = None
         self._calibrated: dict[CalibrationKey, float] = {}
 

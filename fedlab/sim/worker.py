@@ -24,7 +24,7 @@ from fedlab.data.types import FederatedData
 from fedlab.privacy.events import GaussianEvent
 from fedlab.sim.cohort_trainer import ClientJob, CohortClients
 from fedlab.sim.trainer import ClientOutcome, SwapTrainer
-from fedlab.training.models import build_model
+from fedlab.training.models import model_for
 from fedlab.training.randomness import fresh_secret
 
 
@@ -72,10 +72,7 @@ class ClientService:
         """The cohort trainer, built on first use."""
         if self._cohort is None:
             config, data = self._config, self._data
-            model = build_model(
-                config.model.kind, feature_shape=data.feature_shape, num_classes=data.num_classes,
-                hidden=config.model.hidden, seed=config.run.seed,
-            )  # fmt: skip
+            model = model_for(config, feature_shape=data.feature_shape, num_classes=data.num_classes)
             self._cohort = CohortClients(config, model, feature_shape=data.feature_shape)
         return self._cohort
 

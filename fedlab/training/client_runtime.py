@@ -34,7 +34,7 @@ from fedlab.training.local import (
     noise_multiplier_for_epsilon,
     poisson_plan,
 )
-from fedlab.training.models import build_model, set_weights
+from fedlab.training.models import model_for, set_weights
 
 CalibrationKey = tuple[float, float, float, int, str]
 
@@ -141,13 +141,7 @@ def client_seed(round_seed: int, client_id: str) -> int:
 
 
 def _model_for(config: RunConfig, data: ClientData) -> torch.nn.Module:
-    return build_model(
-        config.model.kind,
-        feature_shape=data.feature_shape,
-        num_classes=data.num_classes,
-        hidden=config.model.hidden,
-        seed=config.run.seed,
-    )
+    return model_for(config, feature_shape=data.feature_shape, num_classes=data.num_classes)
 
 
 class ClientRuntime:

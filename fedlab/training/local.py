@@ -57,7 +57,7 @@ from fedlab.training.accounting import (
     noise_multiplier_for_epsilon,
     opacus_history,
 )
-from fedlab.training.models import set_weights, unwrap
+from fedlab.training.models import set_weights, weight_tensors
 from fedlab.training.randomness import RoundStreams, StreamDPOptimizer, epoch_batches, start_streams
 from fedlab.training.specs import DpSgdSpec, OptimSpec, TrainResult, poisson_plan, poisson_sample_rate
 
@@ -160,7 +160,7 @@ class LocalTrainer:
         self._dp = None if dp is None else _dp_parts(dp, num_examples=self._public, optim=optim)
         self._model = model if dp is None else _wrap_for_per_sample_gradients(model)
         self._optimizer = _build_optimizer(self._model, optim, self._dp, self._streams)
-        self._tensors = list(unwrap(self._model).state_dict().values())  # the parameters' storage
+        self._tensors = list(weight_tensors(self._model).values())  # the trained tensors' storage
         self._epsilons: dict[tuple[GaussianEvent, ...], float] = {}
 
     def use_client(

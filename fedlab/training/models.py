@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from opacus.grad_sample import AbstractGradSampleModule
+from opacus.layers import DPLSTM
 from torch import nn
 
 from fedlab.core.choices import MODELS, ModelKind
+from fedlab.core.config import RunConfig
+from fedlab.data.text import TEXT_DATASETS, vocab_size
+from fedlab.training.finetune import add_lora, load_checkpoint
+from fedlab.training.sequence_models import LstmModel, TransformerModel, init_embedding
 
 _CNN_MIN_SIDE = 4
 _CNN_POOLED_SIDE = 4
@@ -29,19 +35,28 @@ def build_model(
     num_classes: int,
     hidden: int = 64,
     seed: int = 0,
+    vocab: int = 0,
+    layers: int = 1,
+    heads: int = 4,
 ) -> nn.Module:
     """Build a freshly initialised classifier.
 
     Args:
         kind: ``"logreg"`` (flatten + linear), ``"mlp"`` (flatten, two hidden ReLU
-            layers of width ``hidden``, linear output) or ``"cnn"`` (two conv blocks
-            with GroupNorm, then a ``hidden``-wide ReLU layer; images only).
+            layers of width ``hidden``, linear output), ``"cnn"`` (two conv blocks
+            with GroupNorm, then a ``hidden``-wide ReLU layer; images only), ``"lstm"``
+            or ``"transformer"`` (:mod:`fedlab.training.sequence_models`).
         feature_shape: Shape of one example, without the batch dimension. For
             ``"cnn"`` it must be ``(channels, height, width)`` with height and width
             at least 4 (e.g. ``(1, 8, 8)`` for the digits data set).
         num_classes: Number of output classes (logits).
-        hidden: Width of the hidden layers (``mlp``, ``cnn``).
+        hidden: Width of the hidden layers (``mlp``, ``cnn``, the LSTM's state, the
+            Transformer's width).
         seed: Seed of the initialisation; equal seeds give equal weights.
+        vocab: Sequence models only: the inputs are token ids below ``vocab`` (0: real-valued
+            features).
+        layers: The LSTM's layers or the Transformer's blocks.
+        heads: The Transformer's attention heads.
 
     Returns:
         The model on the CPU, in training mode.
@@ -61,7 +76,11 @@ def build_model(
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(MODELS)}")
     with torch.device("meta"):
         skeleton = _layers(
-            ModelKind(kind), feature_shape=feature_shape, num_classes=num_classes, hidden=hidden
+            ModelKind(kind),
+            feature_shape=feature_shape,
+            num_classes=num_classes,
+            hidden=hidden,
+            sequence={"vocab": vocab, "layers": layers, "heads": heads},
         )
     model = skeleton.to_empty(device="cpu")
     _initialise(model, torch.Generator().manual_seed(seed))
@@ -69,7 +88,7 @@ def build_model(
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
-    """Return float32 copies of the model's tensors in ``state_dict`` order.
+    """Return float32 copies of the model's tensors in ``state_dict`` order (frozen ones left out).
 
     Works on a plain module and on one wrapped by Opacus (``GradSampleModule``);
     both give the same arrays in the same order.
@@ -78,7 +97,7 @@ def get_weights(model: nn.Module) -> list[np.ndarray]:
         >>> [a.shape for a in get_weights(torch.nn.Linear(3, 2))]
         [(2, 3), (2,)]
     """
-    return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in _state(model).values()]
+    return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in weight_tensors(model).values()]
 
 
 def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
@@ -101,7 +120,7 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
         >>> float(model.weight.sum())
         6.0
     """
-    state = _state(model)
+    state = weight_tensors(model)
     if len(arrays) != len(state):
         raise ValueError(f"expected {len(state)} arrays (one per model tensor), got {len(arrays)}")
     for (name, tensor), array in zip(state.items(), arrays, strict=True):
@@ -126,8 +145,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return dict(unwrap(model).state_dict())
+def weight_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A run's weights of ``model`` by ``state_dict`` name: every tensor but frozen parameters.
+
+    Frozen parameters (a LoRA base) are fixed by the configuration, so they never travel.
+
+    >>> model = torch.nn.Linear(3, 2)
+    >>> _ = model.bias.requires_grad_(False)
+    >>> list(weight_tensors(model))
+    ['weight']
+    """
+    state = unwrap(model).state_dict(keep_vars=True)
+    return {
+        name: tensor.detach()
+        for name, tensor in state.items()
+        if not (isinstance(tensor, nn.Parameter) and not tensor.requires_grad)
+    }
 
 
 def _check_sizes(feature_shape: tuple[int, ...], *, num_classes: int, hidden: int) -> None:
@@ -139,7 +172,47 @@ def _check_sizes(feature_shape: tuple[int, ...], *, num_classes: int, hidden: in
         raise ValueError(f"hidden must be >= 1; got {hidden}")
 
 
-def _layers(kind: ModelKind, *, feature_shape: tuple[int, ...], num_classes: int, hidden: int) -> nn.Module:
+def model_for(config: RunConfig, *, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The run's fresh model (``[model]``, seeded by ``run.seed``) for examples of ``feature_shape``.
+
+    Token ids are the inputs of a text data set (``data.dataset`` ``text`` or ``stdlib``). The
+    weights come from ``model.init`` when set; ``train.finetune = "lora"`` then freezes them and
+    adds adapters (:mod:`fedlab.training.finetune`).
+
+    Raises:
+        ConfigError: If ``model.init`` cannot be read or does not fit the model.
+
+    >>> from fedlab.core.config import config_from_dict
+    >>> config = config_from_dict({"model": {"kind": "lstm", "hidden": 8}, "data": {"dataset": "stdlib"}})
+    >>> type(model_for(config, feature_shape=(32,), num_classes=256).embed).__name__
+    'Embedding'
+    """
+    text = config.data.dataset in TEXT_DATASETS
+    model = build_model(
+        config.model.kind,
+        feature_shape=feature_shape,
+        num_classes=num_classes,
+        hidden=config.model.hidden,
+        seed=config.run.seed,
+        vocab=vocab_size(config.data.text_level) if text else 0,
+        layers=config.model.layers,
+        heads=config.model.heads,
+    )
+    if config.model.init:
+        load_checkpoint(model, Path(config.model.init))
+    if config.train.finetune == "lora":
+        add_lora(model, rank=config.train.lora_rank, generator=torch.Generator().manual_seed(config.run.seed))
+    return model
+
+
+def _layers(
+    kind: ModelKind,
+    *,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int,
+    sequence: dict[str, int],
+) -> nn.Module:
     inputs = math.prod(feature_shape)
     match kind:
         case ModelKind.LOGREG:
@@ -155,6 +228,13 @@ def _layers(kind: ModelKind, *, feature_shape: tuple[int, ...], num_classes: int
             )
         case ModelKind.CNN:
             return _cnn_layers(feature_shape, num_classes=num_classes, hidden=hidden)
+        case ModelKind.LSTM:
+            return LstmModel(
+                feature_shape, num_classes=num_classes, vocab=sequence["vocab"], hidden=hidden,
+                layers=sequence["layers"],
+            )  # fmt: skip
+        case ModelKind.TRANSFORMER:
+            return TransformerModel(feature_shape, num_classes=num_classes, hidden=hidden, **sequence)
 
 
 def _cnn_layers(feature_shape: tuple[int, ...], *, num_classes: int, hidden: int) -> nn.Module:
@@ -185,9 +265,13 @@ def _initialise(model: nn.Module, generator: torch.Generator) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             _init_affine(module.weight, module.bias, generator)
-        elif isinstance(module, nn.GroupNorm):
+        elif isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init_embedding(module.weight, generator)
+        elif isinstance(module, DPLSTM):
+            continue  # its parameters are its cells' Linear layers (initialised as such)
         elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(f"no initialiser for {type(module).__name__}")
 

@@ -41,6 +41,7 @@ from fedlab.core.config import RunConfig
 from fedlab.core.errors import LedgerError
 from fedlab.core.metrics import RoundMetrics, RoundObserver, append_metrics
 from fedlab.core.reports import TrainReport
+from fedlab.data.text import TEXT_DATASETS
 from fedlab.data.types import ArrayDataset
 from fedlab.privacy.events import GaussianEvent
 from fedlab.privacy.ledger import ClientSpend, FederationSpend, PrivacyLedger
@@ -58,7 +59,15 @@ FAILED = "failed: "
 """How ``stopped_because`` of a run that could not go on begins (then its reason, one line)."""
 
 
-def _save_model_atomically(path: Path, weights: Sequence[np.ndarray]) -> None:
+def save_model(path: Path, weights: Sequence[np.ndarray]) -> None:
+    """Write ``weights`` to ``path`` as fedlab's ``model.npz`` (positional arrays), replacing it whole.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     save_model(Path(tmp) / "model.npz", [np.zeros(2, np.float32)])
+    ...     np.load(Path(tmp) / "model.npz").files
+    ['arr_0']
+    """
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, *weights)
     os.replace(tmp, path)
@@ -81,11 +90,17 @@ def _finite_or_none(value: float) -> float | None:
 
 
 PUBLIC_ROUND_VALUES = frozenset(
-    {"clip_norm", "noise_std", "fraction_clipped", "denominator", "aborted", "abort_reason", "started_at"}
-)
+    {
+        "clip_norm", "noise_std", "fraction_clipped", "denominator", "aborted", "abort_reason",
+        "started_at", "perplexity", "update_bytes",
+    }
+)  # fmt: skip
 """Round values that reveal nothing about participation: all ``metrics.jsonl`` keeps of a round's
 extra values under user-level DP (the noised ``fraction_clipped``, public settings, aborts, whose
-effect the released model shows anyway)."""
+effect the released model shows anyway, the released model's test perplexity, the float32 bytes of
+one client's update, a function of the configured model)."""
+_LARGEST_LOG = 700.0
+"""Test losses above this report the perplexity of this loss (``exp`` overflows near 710)."""
 
 
 class Resumable(Protocol):
@@ -164,7 +179,7 @@ class RunRecorder:
             own = self.resumed.state.get("recorder", {})
             self._noise_multiplier = float(own.get("noise_multiplier", 0.0))
             self._seconds_before = float(own.get("seconds", 0.0))
-            _save_model_atomically(self.run_dir / MODEL_FILE, self.resumed.weights)
+            save_model(self.run_dir / MODEL_FILE, self.resumed.weights)
 
     def track(self, name: str, part: Resumable) -> None:
         """Commit ``part``'s state with every round; on a resumed run, give it back its state first.
@@ -239,7 +254,10 @@ class RunRecorder:
         loss, accuracy = evaluate(
             self._model, self._test.x, self._test.y, batch_size=self._config.train.eval_batch_size
         )
-        metrics = self._round_metrics(round_num, loss, accuracy, reports, seconds, extra or {})
+        extra = {**(extra or {}), "update_bytes": sum(4 * np.asarray(w).size for w in weights)}
+        if self._config.data.dataset in TEXT_DATASETS:
+            extra["perplexity"] = math.exp(min(loss, _LARGEST_LOG))
+        metrics = self._round_metrics(round_num, loss, accuracy, reports, seconds, extra)
         written = self._for_run_dir(metrics)
         checkpoint = Checkpoint(
             round_num=round_num,
@@ -252,7 +270,7 @@ class RunRecorder:
             },
         )
         self._commit_spending(round_num, reports, federation, checkpoint.to_bytes())
-        _save_model_atomically(self.run_dir / MODEL_FILE, weights)
+        save_model(self.run_dir / MODEL_FILE, weights)
         append_metrics(self.run_dir / METRICS_FILE, written)
         self._history.append(metrics)
         self._observer.on_round(metrics)

@@ -17,7 +17,7 @@ from fedlab.core.config import RunConfig
 from fedlab.core.metrics import RoundObserver
 from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
-from fedlab.training.models import build_model, get_weights
+from fedlab.training.models import get_weights, model_for
 from fedlab.training.recorder import RunRecorder
 from fedlab.training.tensorboard_log import TensorBoardObserver
 
@@ -78,13 +78,7 @@ def set_up_run(
     """
     if data is None:
         data = build_federated_data(config.data, seed=config.run.seed)
-    model = build_model(
-        config.model.kind,
-        feature_shape=data.feature_shape,
-        num_classes=data.num_classes,
-        hidden=config.model.hidden,
-        seed=config.run.seed,
-    )
+    model = model_for(config, feature_shape=data.feature_shape, num_classes=data.num_classes)
     if config.run.tensorboard:
         observer = TensorBoardObserver(run_dir, observer)
     recorder = RunRecorder(

@@ -46,6 +46,10 @@ def write_config(tmp_path: Path, extra: str) -> Path:
         ("dp.delta=1.5", ("dp.delta", "(0, 1)")),
         ("data.num_clients=0", ("data.num_clients", ">= 1")),
         ("train.batch_size=100000", ("train.batch_size", "larger than the smallest client partition")),
+        ('model.kind="rnn"', ("model.kind", "lstm, transformer", "'rnn'")),
+        ("model.layers=0", ("model.layers", ">= 1")),
+        ('data.dataset="text"', ("data.path", "required when data.dataset = 'text'")),
+        ('data.text_level="word"', ("data.text_level", "byte, char")),
     ],
 )
 def test_bad_override_gives_one_line_and_exit_2(tmp_path, override, fragments):
@@ -68,6 +72,30 @@ def test_missing_data_path(tmp_path):
     text = DEMO.read_text().replace('dataset = "digits"', 'dataset = "files"\npath = "no/such/folder"')
     path.write_text(text)
     assert_one_line_error(run_fedlab("simulate", str(path), cwd=tmp_path), "data.path", "does not exist")
+
+
+def test_a_text_folder_without_files(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / ".hidden").write_text("not a client")
+    path = write_config(tmp_path, "")
+    text = path.read_text().replace('dataset = "digits"', 'dataset = "text"\npath = "corpus"')
+    path.write_text(text)
+    assert_one_line_error(run_fedlab("simulate", str(path), cwd=tmp_path), "data.path", "no text files in")
+
+
+def test_an_unreachable_hub_data_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network: no retries either
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_fedlab(
+        "simulate",
+        str(DEMO),
+        "--set",
+        'data.dataset="hub"',
+        "--set",
+        'data.hub_name="nobody/nothing"',
+        cwd=tmp_path,
+    )
+    assert_one_line_error(result, "data.hub_name", "cannot load 'nobody/nothing'")
 
 
 def test_missing_config_file(tmp_path):

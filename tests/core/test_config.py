@@ -33,7 +33,7 @@ def test_round_trip_through_dict_keeps_every_value():
         ({"data": {"dataset": "files", "path": "/definitely/not/here"}}, "data.path"),
         ({"dp": {"mode": "dpsgd"}}, "dp.noise_multiplier"),
         ({"dp": {"mode": "dpsgd", "noise_multiplier": 1.0, "target_epsilon": 3.0}}, "dp.noise_multiplier"),
-        ({"model": {"kind": "transformer"}}, "model.kind"),
+        ({"model": {"kind": "rnn"}}, "model.kind"),
         ({"secagg": {"enabled": True, "weighting": "by-size"}}, "secagg.weighting"),
         ({"secagg": {"enabled": True, "max_weight": 0}}, "secagg.max_weight"),
         ({"secagg": {"enabled": True, "neighbours": 6, "threshold": 3}}, "secagg.threshold"),

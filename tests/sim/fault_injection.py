@@ -70,7 +70,7 @@ def install(kind: str, target: int, ops: int) -> None:
 
         recorder.RunRecorder.release_round = numbered  # type: ignore[method-assign]
         if kind == "model":
-            save = recorder._save_model_atomically
+            save = recorder.save_model
 
             def dying_save(path: Path, weights: Any) -> None:
                 if current[0] == target:
@@ -81,7 +81,7 @@ def install(kind: str, target: int, ops: int) -> None:
                     die()
                 save(path, weights)
 
-            recorder._save_model_atomically = dying_save
+            recorder.save_model = dying_save
         else:
             append = recorder.append_metrics
 
