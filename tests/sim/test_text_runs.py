@@ -11,6 +11,10 @@ from fedlab.core.config import load_config
 from fedlab.core.metrics import SilentObserver
 from fedlab.data.federated import build_federated_data
 from fedlab.sim.inline import simulate_inline
+from fedlab.training.models import get_weights, model_for
+from fedlab.training.recorder import save_model
+
+from .processes import run_to_end
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "simulations" / "stdlib-transformer.toml"
@@ -54,3 +58,27 @@ def test_the_transformer_beats_the_most_frequent_byte(tmp_path):
     baseline = np.bincount(test_labels).max() / len(test_labels)
     assert summary["accuracy"] > baseline + 0.03
     assert rows[-1]["perplexity"] < rows[0]["perplexity"]
+
+
+@pytest.mark.slow
+def test_lora_from_a_checkpoint_gives_the_same_model_inline_and_on_flowers_engine(tmp_path):
+    """The Flower ClientApps build the same text model, read the same checkpoint, send only adapters."""
+    base = [*SMALL, "data.num_clients=3", "run.rounds=2"]
+    checkpoint = tmp_path / "init.npz"
+    config = load_config(CONFIG, [*base, "run.seed=5"])
+    data = build_federated_data(config.data, seed=5)
+    save_model(checkpoint, get_weights(model_for(config, feature_shape=data.feature_shape, num_classes=256)))
+    extra = [*base, f'model.init="{checkpoint}"', 'train.finetune="lora"', "train.lora_rank=2"]
+    models = {}
+    for backend in ("inline", "flower"):
+        args = [a for item in [*extra, f'simulation.backend="{backend}"'] for a in ("--set", item)]
+        code, output = run_to_end(
+            "simulate", str(CONFIG), *args, "--quiet", "--out", str(tmp_path / backend), cwd=tmp_path
+        )
+        assert code == 0, output
+        models[backend] = np.load(tmp_path / backend / "model.npz")
+    assert models["inline"].files == models["flower"].files
+    for key in models["inline"].files:
+        np.testing.assert_allclose(models["inline"][key], models["flower"][key], rtol=1e-5, atol=1e-6)
+    full = model_for(load_config(CONFIG, base), feature_shape=(32,), num_classes=256)
+    assert len(models["inline"].files) < len(get_weights(full))  # the adapters only
