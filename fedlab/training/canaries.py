@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedlab.data.types import ArrayDataset
+from fedlab.training.models import weight_tensors
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ def make_canaries(
 
 
 def _parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    if list(params) != list(model.state_dict()):
-        raise ValueError("canary directions need a model whose state is exactly its parameters")
+    """The trained parameters by name: the space a run's updates live in (LoRA: the adapters)."""
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    if list(params) != list(weight_tensors(model)):
+        raise ValueError("canary directions need a model whose weights are exactly its trained parameters")
     return params
 
 
@@ -113,6 +115,8 @@ def canary_directions(
     model: nn.Module, canaries: Canaries, *, first_layer_only: bool = True
 ) -> npt.NDArray[np.float64]:
     """Each canary's unit loss gradient at ``model``, flattened in ``state_dict`` order: ``(m, d)``.
+
+    The gradient is over the trained parameters only (under LoRA, the adapters: what an update holds).
 
     With ``first_layer_only`` every other tensor's part is zeroed: a Dirac canary's gradient on
     the input layer's weights is where real examples' gradients are (almost) zero, while on later

@@ -136,3 +136,15 @@ def test_model_init_and_lora_keys_are_checked(tmp_path):
         config_from_dict({"train": {"finetune": "adapters"}})
     with pytest.raises(ConfigError, match=r"train\.lora_rank"):
         config_from_dict({"train": {"lora_rank": 0}})
+
+
+def test_the_auditors_canary_directions_live_in_the_space_of_a_lora_update():
+    from fedlab.training.canaries import canary_directions, make_canaries
+
+    model = lora_transformer()
+    canaries = make_canaries(
+        feature_shape=(CONTEXT,), coordinates=[0, 2], num_classes=VOCAB, count=3, magnitude=1.0
+    )
+    directions = canary_directions(model, canaries, first_layer_only=False)
+    assert directions.shape == (3, sum(w.size for w in get_weights(model)))
+    np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0)
