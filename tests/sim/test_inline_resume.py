@@ -151,7 +151,10 @@ def test_a_resumed_deployed_server_keeps_no_generator_state_in_the_run_directory
     The checkpoint of a seeded simulation holds its generators' states (anyone with config.json can
     replay them anyway); with secret streams it holds none, and a resumed run draws fresh ones.
     """
-    cfg = config("digits", *CENTRAL)
+    # logreg: with secret (unreplayable) noise of z = 1 on 5 expected clients, the CNN of
+    # digits.toml can diverge to NaN updates in some draws (once in a fresh-clone CI run here);
+    # the checkpoint is what is checked.
+    cfg = config("digits", *CENTRAL, 'model.kind="logreg"')
     run = tmp_path / "run"
     interrupted(cfg, run, (2,), hooks=InlineHooks(secure_server=True))
     with PrivacyLedger.open(run / "ledger.sqlite") as ledger:
