@@ -24,7 +24,8 @@ from fedlab.core.metrics import SilentObserver
 from fedlab.data.federated import build_federated_data
 from fedlab.data.text import public_text
 from fedlab.sim.inline import simulate_inline
-from fedlab.training.pretrain import pretrain, write_pretrained
+from fedlab.training.pretrain import pretrain
+from fedlab.training.recorder import save_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "simulations" / "stdlib-finetune.toml"
@@ -65,7 +66,8 @@ def main() -> None:
         public, clients = public_text(config.data)
         test = build_federated_data(config.data, seed=config.run.seed).test
         result = pretrain(config, public, test, epochs=args.pretrain_epochs)
-        init = write_pretrained(result, Path(tempfile.mkdtemp()) / "public.npz")
+        init = Path(tempfile.mkdtemp()) / "public.npz"
+        save_model(init, result.weights)
         print(
             json.dumps(
                 {

@@ -28,7 +28,8 @@ def pretrain_command(
     """
     from fedlab.data.federated import build_federated_data
     from fedlab.data.text import TEXT_DATASETS, public_text
-    from fedlab.training.pretrain import pretrain, write_pretrained
+    from fedlab.training.pretrain import pretrain
+    from fedlab.training.recorder import save_model
 
     config = guarded(lambda: load_config(config_path, overrides or []))
     if config.data.dataset not in TEXT_DATASETS:
@@ -40,7 +41,7 @@ def pretrain_command(
     test = guarded(lambda: build_federated_data(config.data, seed=config.run.seed)).test
     result = guarded(lambda: pretrain(config, public, test, epochs=epochs))
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_pretrained(result, out)
+    save_model(out, result.weights)
     Console().print(
         f"pre-trained {config.model.kind} on {len(public)} examples of {clients} public clients for {epochs} "
         f"epoch(s): test accuracy {result.test_accuracy:.4f}, loss {result.test_loss:.4f}; wrote {out}",

@@ -32,6 +32,7 @@ BYTE_VOCAB = 256
 _CHAR_ALPHABET = "\t\n" + "".join(chr(c) for c in range(32, 127))
 CHAR_VOCAB = len(_CHAR_ALPHABET) + 1
 """Character level: tab, newline and printable ASCII, plus one token (0) for any other character."""
+_CHAR_INDEX = {ch: i + 1 for i, ch in enumerate(_CHAR_ALPHABET)}
 _STDLIB_SKIP = frozenset({"test", "idlelib", "site-packages", "__pycache__", "lib2to3", "turtledemo"})
 
 
@@ -58,10 +59,10 @@ def encode(raw: bytes, level: str) -> NDArray[np.int64]:
     """
     if level == "byte":
         return np.frombuffer(raw, dtype=np.uint8).astype(np.int64)
-    vocab_size(level)
-    index = {ch: i + 1 for i, ch in enumerate(_CHAR_ALPHABET)}
+    if level != "char":
+        raise ValueError(f"unknown text level {level!r}; expected byte or char")
     text = raw.decode("utf-8", errors="replace")
-    return np.fromiter((index.get(ch, 0) for ch in text), dtype=np.int64, count=len(text))
+    return np.fromiter((_CHAR_INDEX.get(ch, 0) for ch in text), dtype=np.int64, count=len(text))
 
 
 def windows(
@@ -176,13 +177,13 @@ def load_text(section: DataSection) -> PartitionedData:
             f"with >= {section.min_partition_size} examples of context_length {context} "
             f"(raise data.text_max_bytes or lower data.text_stride)"
         )
-    held_out = _concat([t for _, t in chosen], vocab, context)
+    held_out = _concat([t for _, t in chosen], vocab)
     if len(held_out) == 0:
         raise DataError("data.test_fraction: the held-out text is too short for one test example")
     sizes = [len(train) for train, _ in chosen]
     bounds = np.cumsum([0, *sizes])
     partitions = tuple(np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i in range(len(sizes)))
-    train_pool = _concat([t for t, _ in chosen], vocab, context)
+    train_pool = _concat([t for t, _ in chosen], vocab)
     return PartitionedData(train=train_pool, partitions=partitions, test=held_out)
 
 
@@ -199,14 +200,14 @@ def public_text(section: DataSection) -> tuple[ArrayDataset, int]:
     >>> clients > 10 and public.num_classes == 256
     True
     """
-    vocab, context = vocab_size(section.text_level), section.context_length
+    vocab = vocab_size(section.text_level)
     rest = list(itertools.islice(_eligible(section), section.num_clients, None))
     if not rest:
         raise DataError(
             f"data.num_clients: the federation's {section.num_clients} clients leave no public "
             "client in the corpus to pre-train on"
         )
-    return _concat([part for pair in rest for part in pair], vocab, context), len(rest)
+    return _concat([part for pair in rest for part in pair], vocab), len(rest)
 
 
 def _eligible(section: DataSection) -> Iterator[tuple[ArrayDataset, ArrayDataset]]:
@@ -221,7 +222,6 @@ def _eligible(section: DataSection) -> Iterator[tuple[ArrayDataset, ArrayDataset
             yield train, ArrayDataset(*windows(tokens[cut:], context=context, stride=stride), vocab)
 
 
-def _concat(parts: list[ArrayDataset], vocab: int, context: int) -> ArrayDataset:
-    x = np.concatenate([p.x for p in parts]) if parts else np.zeros((0, context), np.float32)
-    y = np.concatenate([p.y for p in parts]) if parts else np.zeros(0, np.int64)
-    return ArrayDataset(x, y, vocab)
+def _concat(parts: list[ArrayDataset], vocab: int) -> ArrayDataset:
+    """One data set of ``parts`` (at least one), in order."""
+    return ArrayDataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), vocab)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +13,6 @@ from fedlab.data.types import ArrayDataset
 from fedlab.training.client_runtime import optim_spec
 from fedlab.training.local import LocalTrainer, evaluate
 from fedlab.training.models import get_weights, model_for, set_weights
-from fedlab.training.recorder import save_model
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,3 @@ def pretrain(config: RunConfig, public: ArrayDataset, test: ArrayDataset, *, epo
     set_weights(model, weights)
     loss, accuracy = evaluate(model, test.x, test.y, batch_size=config.train.eval_batch_size)
     return Pretrained(weights=weights, test_loss=loss, test_accuracy=accuracy)
-
-
-def write_pretrained(result: Pretrained, path: Path) -> Path:
-    """Write the pre-trained weights as a ``model.npz`` that ``model.init`` reads."""
-    save_model(path, result.weights)
-    return path
