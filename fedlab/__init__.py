@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "FedlabDpFedAvg": "fedlab.flower",
+    "DpFedAvgServer": "fedlab.algorithms.dp_fedavg",
     "FlowerAccountant": "fedlab.flower",
     "DeviceBudgetMod": "fedlab.flower",
     "clipping_mod": "fedlab.flower",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -50,6 +50,7 @@ from fedlab.privacy.adaptive_clipping import (
     split_noise_multiplier,
 )
 from fedlab.privacy.events import (
+    ANNOUNCED_CLIP_NORM,
     ANNOUNCED_NOISE_MULTIPLIER,
     ANNOUNCED_ROUNDS,
     ANNOUNCED_SAMPLE_RATE,
@@ -105,11 +106,15 @@ class DpFedAvgSettings:
 
     def update_noise_multiplier(self) -> float:
         """The noise multiplier on the updates: z, or z_delta > z under adaptive clipping."""
-        if self.adaptive is None:
-            return self.noise_multiplier
-        return split_noise_multiplier(
-            total_noise_multiplier=self.noise_multiplier, count_noise_std=self.adaptive.count_noise_std
-        )
+        return _update_noise_multiplier(self.noise_multiplier, self.adaptive)
+
+
+def _update_noise_multiplier(noise_multiplier: float, adaptive: AdaptiveClipState | None) -> float:
+    if adaptive is None:
+        return noise_multiplier
+    return split_noise_multiplier(
+        total_noise_multiplier=noise_multiplier, count_noise_std=adaptive.count_noise_std
+    )
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,156 @@ def noisy_mean_delta(
     return mechanism.add_noise(total, denominator=denominator, rng=rng)
 
 
+@dataclass(frozen=True)
+class DpRelease:
+    """One released DP-FedAvg round.
+
+    Attributes:
+        delta: The noisy mean of the clipped deltas, over the fixed denominator.
+        epsilon: The federation's epsilon with this round composed.
+        clip_norm: The clip norm this round's updates were held to.
+        noise_std: The noise's standard deviation on each coordinate of ``delta``.
+        fraction_clipped: Under adaptive clipping the noised fraction of clipped updates, clamped
+            to [0, 1]; None otherwise.
+    """
+
+    delta: list[np.ndarray]
+    epsilon: float
+    clip_norm: float
+    noise_std: float
+    fraction_clipped: float | None = None
+
+
+class DpFedAvgServer:
+    """The server's side of user-level DP-FedAvg, one round at a time, for any round loop.
+
+    fedlab's round loop (:func:`run_dp_fedavg`: every simulator and fedlab's own ServerApp) and
+    the Flower strategy wrapper :class:`~fedlab.flower.dp_strategy.FedlabDpFedAvg` both run their
+    rounds through this object: the budget check before a round, the Poisson cohort, the public
+    settings the round announces, and the release (clipped sum, noise once, fixed denominator,
+    the adaptive clip step, one accountant event per round). The guarantee is the module's.
+
+    Args:
+        noise_multiplier: z, the round's noise multiplier as accounted.
+        clip_norm: C, the (initial) clip norm; under adaptive clipping ``adaptive.clip_norm`` is used.
+        sample_rate: q, each client's probability of being sampled in a round.
+        denominator: The fixed denominator q*N.
+        delta: The delta epsilon is reported at.
+        noise_rng: The stream all noise comes from (deployment: secret).
+        sample_rng: The stream the cohorts come from (deployment: secret).
+        accountant: ``"pld"``, ``"prv"`` or ``"rdp"``.
+        max_epsilon: A round that would take epsilon above this is refused, or None.
+        adaptive: Adaptive clipping state, or None for a fixed clip norm.
+        released: Rounds already released (a resumed run): their events are composed first.
+
+    Raises:
+        ValueError: If adaptive clipping's count noise leaves no budget for the updates.
+
+    Example:
+        >>> from fedlab.core.update import Update
+        >>> def report(x):
+        ...     return TrainReport("c", Update((np.array([x, 0.0]),), 1), np.nan, np.inf, 0.0, 1.0, 1)
+        >>> server = DpFedAvgServer(noise_multiplier=1.0, clip_norm=1.0, sample_rate=1.0, denominator=2.0,
+        ...                         delta=1e-5, noise_rng=np.random.default_rng(0),
+        ...                         sample_rng=np.random.default_rng(1), max_epsilon=5.0)
+        >>> server.sample(["b", "a"]), server.announced(rounds=3)["clipping_norm"]
+        (['a', 'b'], 1.0)
+        >>> release = server.release([report(3.0), report(-0.5)], shapes=[(2,)], round_num=1)
+        >>> release.noise_std, round(release.epsilon, 2)
+        (0.5, 4.38)
+        >>> server.refusal(2)
+        'round 2 would raise epsilon to 6.573 > max_epsilon 5'
+    """
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        clip_norm: float,
+        sample_rate: float,
+        denominator: float,
+        delta: float,
+        noise_rng: RandomStream,
+        sample_rng: RandomStream,
+        accountant: str = "pld",
+        max_epsilon: float | None = None,
+        adaptive: AdaptiveClipState | None = None,
+        released: int = 0,
+    ) -> None:
+        self.noise_multiplier = noise_multiplier
+        self.sample_rate = sample_rate
+        self.denominator = denominator
+        self.delta = delta
+        self.max_epsilon = max_epsilon
+        self.adaptive = adaptive
+        self.clip_norm = adaptive.clip_norm if adaptive is not None else clip_norm
+        self._noise_rng = noise_rng
+        self._sample_rng = sample_rng
+        self._event = GaussianEvent(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=1)
+        self._spent = RepeatedEventAccountant(self._event, accountant=accountant)
+        for _ in range(released):  # every released round was one event
+            self._spent.compose(self._event)
+        self.epsilon = self._spent.epsilon(delta=delta) if released else 0.0
+        self.update_noise_multiplier()  # an infeasible adaptive split fails here, before any round
+
+    def update_noise_multiplier(self) -> float:
+        """The noise multiplier on the updates: z, or z_delta > z under adaptive clipping."""
+        return _update_noise_multiplier(self.noise_multiplier, self.adaptive)
+
+    def refusal(self, round_num: int) -> str | None:
+        """Why round ``round_num`` may not run (it would take epsilon over ``max_epsilon``), or None."""
+        if self.max_epsilon is None or not self._spent.would_exceed(
+            self._event, max_epsilon=self.max_epsilon, delta=self.delta
+        ):
+            return None
+        after = self._spent.epsilon_after(self._event, delta=self.delta)
+        return f"round {round_num} would raise epsilon to {after:.4g} > max_epsilon {self.max_epsilon:g}"
+
+    def sample(self, candidates: Iterable[str]) -> list[str]:
+        """The round's cohort: each candidate independently with probability q, in canonical order."""
+        return sample_poisson(candidates, rate=self.sample_rate, rng=self._sample_rng)
+
+    def announced(self, *, rounds: int | None) -> dict[str, float]:
+        """The round's public settings for the train config: C, z, q and (when known) the run's T."""
+        public = {
+            ANNOUNCED_CLIP_NORM: self.clip_norm,
+            ANNOUNCED_NOISE_MULTIPLIER: self.noise_multiplier,
+            ANNOUNCED_SAMPLE_RATE: self.sample_rate,
+        }
+        return public if rounds is None else {**public, ANNOUNCED_ROUNDS: float(rounds)}
+
+    def release(
+        self, kept: Sequence[TrainReport], *, shapes: Sequence[tuple[int, ...]], round_num: int
+    ) -> DpRelease:
+        """Release the round from the screened reports: noisy mean delta, accounted; then move C.
+
+        Under adaptive clipping the reports' clip indicators are noised too (a missing or malformed
+        one is left out and logged) and C moves toward the target quantile for the next round.
+        """
+        round_clip = self.clip_norm
+        noise = self.update_noise_multiplier()
+        mean = noisy_mean_delta(
+            kept,
+            clip_norm=round_clip,
+            noise_multiplier=noise,
+            denominator=self.denominator,
+            shapes=shapes,
+            rng=self._noise_rng,
+        )
+        self._spent.compose(self._event)
+        self.epsilon = self._spent.epsilon(delta=self.delta)
+        fraction = None
+        if self.adaptive is not None:
+            unclipped = noisy_unclipped_fraction(
+                _indicators(kept, round_num), expected_clients=self.denominator,
+                count_noise_std=self.adaptive.count_noise_std, rng=self._noise_rng,
+            )  # fmt: skip
+            self.adaptive = next_clip_state(self.adaptive, unclipped)
+            self.clip_norm = self.adaptive.clip_norm
+            fraction = min(1.0, max(0.0, 1.0 - unclipped))
+        return DpRelease(mean, self.epsilon, round_clip, noise * round_clip / self.denominator, fraction)
+
+
 def run_dp_fedavg(
     *,
     transport: ClientTransport,
@@ -199,67 +354,36 @@ def run_dp_fedavg(
     weights = start.weights
     shapes = [tuple(w.shape) for w in weights]
     adaptive = settings.adaptive
-    clip = adaptive.clip_norm if adaptive else settings.clip_norm
     if adaptive is not None and start.done:
         adaptive = replace(adaptive, clip_norm=start.positive("clip"))
-        clip = adaptive.clip_norm
     restore_stream(sample_rng, start.value("sampling"))
     restore_stream(noise_rng, start.value("noise"))
     optimizer = resumed_optimizer(settings.optimizer, start)
-    round_event = settings.round_event()
-    spent = RepeatedEventAccountant(round_event, accountant=settings.accountant)
-    for _ in range(start.done):  # every round released one event
-        spent.compose(round_event)
-    epsilon = spent.epsilon(delta=settings.delta) if start.done else 0.0
+    server = DpFedAvgServer(
+        noise_multiplier=settings.noise_multiplier, clip_norm=settings.clip_norm,
+        sample_rate=settings.sample_rate, denominator=settings.denominator, delta=settings.delta,
+        noise_rng=noise_rng, sample_rng=sample_rng, accountant=settings.accountant,
+        max_epsilon=settings.max_epsilon, adaptive=adaptive, released=start.done,
+    )  # fmt: skip
     recorder.start()
     for round_num in range(start.first, settings.rounds + 1):
-        # Every earlier round released one event; would this one take epsilon over the budget?
-        maximum = settings.max_epsilon
-        if maximum is not None and spent.would_exceed(round_event, max_epsilon=maximum, delta=settings.delta):
-            next_epsilon = spent.epsilon_after(round_event, delta=settings.delta)
-            reason = (
-                f"privacy budget: round {round_num} would raise epsilon to {next_epsilon:.4g} "
-                f"> max_epsilon {maximum:g}"
-            )
-            return DpFedAvgOutcome(weights, round_num - 1, epsilon, reason)
+        refusal = server.refusal(round_num)
+        if refusal is not None:
+            return DpFedAvgOutcome(weights, round_num - 1, server.epsilon, f"privacy budget: {refusal}")
         started = time.perf_counter()
-        sampled = sample_poisson(transport.available_clients(), rate=settings.sample_rate, rng=sample_rng)
         plan = RoundPlan(
             round_num=round_num,
-            client_ids=tuple(sampled),
+            client_ids=tuple(server.sample(transport.available_clients())),
             seed=round_seed(settings.seed, round_num),
-            # The round's public DP settings: a device's budget charges the run's event from them.
-            instructions={
-                "clip-norm": clip,
-                ANNOUNCED_NOISE_MULTIPLIER: settings.noise_multiplier,
-                ANNOUNCED_SAMPLE_RATE: settings.sample_rate,
-                ANNOUNCED_ROUNDS: float(settings.rounds),
-            },
+            # The round's public DP settings: clients clip to C, a device charges the run's event.
+            instructions=server.announced(rounds=settings.rounds),
         )
         replies = transport.train(plan, weights)
-        rules = UpdateRules.for_model(weights, max_norm=clip, max_examples=settings.max_examples)
+        rules = UpdateRules.for_model(weights, max_norm=server.clip_norm, max_examples=settings.max_examples)
         kept, rejected = screen(replies.reports, rules, round_num)
-        delta_mean = noisy_mean_delta(
-            kept,
-            clip_norm=clip,
-            noise_multiplier=settings.update_noise_multiplier(),
-            denominator=settings.denominator,
-            shapes=shapes,
-            rng=noise_rng,
-        )
-        weights = optimizer.step(weights, delta_mean)
-        spent.compose(round_event)
-        epsilon = spent.epsilon(delta=settings.delta)
-        round_clip = clip
-        private: dict[str, float] = {}
-        if adaptive is not None:
-            unclipped = noisy_unclipped_fraction(
-                _indicators(kept, round_num), expected_clients=settings.denominator,
-                count_noise_std=adaptive.count_noise_std, rng=noise_rng,
-            )  # fmt: skip
-            adaptive = next_clip_state(adaptive, unclipped)
-            clip = adaptive.clip_norm
-            private["fraction_clipped"] = min(1.0, max(0.0, 1.0 - unclipped))  # the noised estimate
+        release = server.release(kept, shapes=shapes, round_num=round_num)
+        weights = optimizer.step(weights, release.delta)
+        private = {} if release.fraction_clipped is None else {"fraction_clipped": release.fraction_clipped}
         recorder.release_round(
             round_num,
             weights,
@@ -269,9 +393,9 @@ def run_dp_fedavg(
                 "failures": len(replies.failures),
                 "rejected": sum(rejected.values()),
                 **rejected,
-                "clip_norm": round_clip,
+                "clip_norm": release.clip_norm,
                 **private,
-                "noise_std": settings.update_noise_multiplier() * round_clip / settings.denominator,
+                "noise_std": release.noise_std,
                 **replies.extra,
             },
             federation=[
@@ -280,14 +404,14 @@ def run_dp_fedavg(
                     noise_multiplier=settings.noise_multiplier,
                     sample_rate=settings.sample_rate,
                     steps=1,
-                    epsilon=epsilon,
+                    epsilon=release.epsilon,
                 )
             ],
             state={
                 "sampling": stream_state(sample_rng),
                 "noise": stream_state(noise_rng),
-                "clip": clip,
+                "clip": server.clip_norm,
                 **optimizer_state(optimizer),
             },
         )
-    return DpFedAvgOutcome(weights, settings.rounds, epsilon, "completed all rounds")
+    return DpFedAvgOutcome(weights, settings.rounds, server.epsilon, "completed all rounds")

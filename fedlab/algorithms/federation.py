@@ -44,7 +44,7 @@ class RoundPlan:
     """Which clients train in a round, the round's public seed and instructions.
 
     ``instructions`` are public per-round values the clients need (e.g. the current
-    ``clip-norm`` under adaptive clipping).
+    ``clipping_norm`` under adaptive clipping).
     """
 
     round_num: int

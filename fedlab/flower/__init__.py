@@ -18,7 +18,9 @@ For a Flower app of your own:
 fedlab's own apps:
 
 - Message-API adapters that move messages and convert records: ``server`` (the ``ServerApp``
-  around :func:`~fedlab.algorithms.runs.run_configured`), ``client`` (the ``ClientApp``),
+  around :func:`~fedlab.algorithms.runs.run_configured`, whose central-DP rounds run through the
+  same :class:`~fedlab.algorithms.dp_fedavg.DpFedAvgServer` as :class:`FedlabDpFedAvg`), ``client``
+  (the ``ClientApp``; it clips with the same ``clip_update`` as :func:`clipping_mod`),
   ``records``, ``exchange``, ``secure_transport`` (SecAgg+ stages over the Grid) and
   ``secure_client`` (SecAgg+ stages in the ClientApp); ``run_end`` (telling the nodes that the
   run ended); ``node_app`` (the ClientApp of ``flwr run``: devices and simulation partitions).

@@ -38,7 +38,7 @@ from fedlab.flower.secure_client import (
     stored_stage_state,
 )
 from fedlab.flower.secure_transport import weights_of
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import ANNOUNCED_CLIP_NORM, GaussianEvent
 from fedlab.secagg.errors import SecAggError
 from fedlab.training.client_runtime import ClientData, ClientRuntime
 from fedlab.training.randomness import fresh_secret
@@ -179,7 +179,7 @@ class FedlabClient:
         weights = msg.content.array_records[ARRAYS].to_numpy_ndarrays()
         round_config = msg.content.config_records[CONFIG]
         seed = int(round_config["round-seed"])  # type: ignore[arg-type]
-        clip = round_config.get("clip-norm")
+        clip = round_config.get(ANNOUNCED_CLIP_NORM)
         report, history = self.runtime.train(
             config,
             data,

@@ -45,9 +45,8 @@ from flwr.common.constant import ErrorCode
 from fedlab.core.update import Update
 from fedlab.flower.client import load_history, store_history
 from fedlab.flower.dp_strategy import CLIP_NORM, NOISE_MULTIPLIER, UNCLIPPED
-from fedlab.privacy.adaptive_clipping import norm_indicator
+from fedlab.privacy.adaptive_clipping import clip_update
 from fedlab.privacy.client_budget import ClientBudget
-from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device_budget import (
     DEFAULT_DELTA,
     DP_FEDAVG,
@@ -97,9 +96,7 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     if msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
     clip = _round_values(msg).get(CLIP_NORM)
-    try:
-        mechanism = GaussianMechanism(clip_norm=clip, noise_multiplier=0.0)  # type: ignore[arg-type]
-    except ValueError:
+    if isinstance(clip, bool) or not isinstance(clip, int | float) or not (math.isfinite(clip) and clip > 0):
         return _failed(msg, f"clipping_mod: the train config has no positive {CLIP_NORM!r}")
     sent = _single_arrays(msg)
     if sent is None:
@@ -118,16 +115,15 @@ def clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     pairs = zip(trained, start, strict=True)
     delta = Update(tuple(np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in pairs), 0)
     try:
-        clipped = mechanism.clip(delta)
+        clipped, bit = clip_update(delta, clip_norm=float(clip))
     except ValueError:
         return _failed(msg, "clipping_mod: the update is not finite")
     reply.content.array_records[key] = ArrayRecord(
         {
             name: Array(np.asarray(b + d, dtype=np.asarray(a).dtype))
-            for name, a, b, d in zip(record.keys(), trained, start, clipped.update.arrays, strict=True)
+            for name, a, b, d in zip(record.keys(), trained, start, clipped.arrays, strict=True)
         }
     )
-    bit = norm_indicator(update_norm=clipped.norm, clip_norm=mechanism.clip_norm)
     metrics = next(iter(reply.content.metric_records.values()), None)
     if metrics is None:
         reply.content["metrics"] = MetricRecord({UNCLIPPED: bit})

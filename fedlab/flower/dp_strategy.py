@@ -11,6 +11,10 @@ per released round; a round that would take epsilon over ``max_epsilon`` is not 
 ``PrivacyBudgetExhausted``); with ``ledger`` each round's epsilon is committed to fedlab's privacy
 ledger before the round's model is returned.
 
+The mechanism is :class:`~fedlab.algorithms.dp_fedavg.DpFedAvgServer` (:attr:`FedlabDpFedAvg.server`),
+the object fedlab's own round loop runs its central-DP rounds through too; this module adapts it to
+Flower's ``Strategy`` (node ids, records, the wrapped strategy, the ledger file).
+
 The wrapped strategy then sees one reply: the current model plus the noisy mean delta. ``FedAvg``
 returns exactly that; ``FedAdam`` and the other server optimizers step on it (post-processing, no
 privacy cost). Its own node selection is replaced: the content of its first train message goes
@@ -35,33 +39,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedlab.algorithms.dp_fedavg import MECHANISM, noisy_mean_delta
+from fedlab.algorithms.dp_fedavg import MECHANISM, DpFedAvgServer
 from fedlab.algorithms.fedavg import apply_delta
-from fedlab.algorithms.sampling import sample_poisson
 from fedlab.algorithms.validation import UpdateRules, screen
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.flower.records import arrays_record
-from fedlab.privacy.accountants import RepeatedEventAccountant
-from fedlab.privacy.adaptive_clipping import (
-    AdaptiveClipState,
-    next_clip_state,
-    noisy_unclipped_fraction,
-    norm_indicator,
-    split_noise_multiplier,
-)
+from fedlab.privacy.adaptive_clipping import AdaptiveClipState, norm_indicator
 from fedlab.privacy.events import (
+    ANNOUNCED_CLIP_NORM,
     ANNOUNCED_NOISE_MULTIPLIER,
     ANNOUNCED_ROUNDS,
     ANNOUNCED_SAMPLE_RATE,
-    GaussianEvent,
 )
 from fedlab.privacy.ledger import FederationSpend, PrivacyLedger
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
-CLIP_NORM = KEY_CLIPPING_NORM
+CLIP_NORM = ANNOUNCED_CLIP_NORM
 """The train config key carrying the round's clip norm: Flower's own, so that Flower's
 ``fixedclipping_mod`` clips on the client (with ``client_clipping=True``)."""
 NOISE_MULTIPLIER = ANNOUNCED_NOISE_MULTIPLIER
@@ -103,6 +98,9 @@ class FedlabDpFedAvg(Strategy):
         sample_rng: Where the cohorts come from (default: a fresh secret stream).
         weighted_by_key: The metric the wrapped strategy weights replies by.
 
+    Attributes:
+        server: The DP-FedAvg rounds (budget guard, cohort, announced settings, release, epsilon).
+
     Raises:
         ValueError: On a rate outside (0, 1], a non-positive z, C or N, a bad delta, or a ledger
             file that exists.
@@ -142,36 +140,55 @@ class FedlabDpFedAvg(Strategy):
         if ledger is not None and ledger.exists():
             raise ValueError(f"ledger {ledger} exists: give a new path (a ledger holds one run)")
         self.strategy = strategy
-        self.noise_multiplier = noise_multiplier
-        self.sample_rate = sample_rate
         self.population_size = population_size
-        self.delta = delta
-        self.max_epsilon = max_epsilon
-        self.adaptive = adaptive
-        self.clip_norm = adaptive.clip_norm if adaptive is not None else clipping_norm
         self.client_clipping = client_clipping
         self.weighted_by_key = weighted_by_key
-        self.epsilon = 0.0
-        self._event = GaussianEvent(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=1)
-        self._spent = RepeatedEventAccountant(self._event, accountant=accountant)
-        self._noise_rng: RandomStream = noise_rng or SecureRandom()
-        self._sample_rng: RandomStream = sample_rng or SecureRandom()
+        self.server = DpFedAvgServer(
+            noise_multiplier=noise_multiplier,
+            clip_norm=clipping_norm,
+            sample_rate=sample_rate,
+            denominator=sample_rate * population_size,
+            delta=delta,
+            noise_rng=noise_rng or SecureRandom(),
+            sample_rng=sample_rng or SecureRandom(),
+            accountant=accountant,
+            max_epsilon=max_epsilon,
+            adaptive=adaptive,
+        )
         self._ledger_path = ledger
         self._ledger: PrivacyLedger | None = None
         self._rounds: dict[int, _Round] = {}
         self.num_rounds: int | None = None
 
     @property
+    def noise_multiplier(self) -> float:
+        """The noise multiplier z."""
+        return self.server.noise_multiplier
+
+    @property
+    def sample_rate(self) -> float:
+        """The sampling rate q."""
+        return self.server.sample_rate
+
+    @property
+    def delta(self) -> float:
+        """The delta epsilon is reported at."""
+        return self.server.delta
+
+    @property
+    def clip_norm(self) -> float:
+        """The next round's clip norm."""
+        return self.server.clip_norm
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon spent so far, at :attr:`delta`."""
+        return self.server.epsilon
+
+    @property
     def denominator(self) -> float:
         """The fixed denominator q*N."""
-        return self.sample_rate * self.population_size
-
-    def _update_noise_multiplier(self) -> float:
-        if self.adaptive is None:
-            return self.noise_multiplier
-        return split_noise_multiplier(
-            total_noise_multiplier=self.noise_multiplier, count_noise_std=self.adaptive.count_noise_std
-        )
+        return self.server.denominator
 
     def start(
         self,
@@ -197,25 +214,16 @@ class FedlabDpFedAvg(Strategy):
         The train config gains the round's public DP settings: C (Flower's key), z, q and, once
         :meth:`start` set it, T.
         """
-        if self.max_epsilon is not None and self._spent.would_exceed(
-            self._event, max_epsilon=self.max_epsilon, delta=self.delta
-        ):
-            after = self._spent.epsilon_after(self._event, delta=self.delta)
-            raise PrivacyBudgetExhausted(
-                f"round {server_round} would raise epsilon to {after:.4g} > max_epsilon {self.max_epsilon:g}"
-            )
-        public = {
-            CLIP_NORM: self.clip_norm,
-            NOISE_MULTIPLIER: self.noise_multiplier,
-            SAMPLE_RATE: self.sample_rate,
-            **({ROUNDS: self.num_rounds} if self.num_rounds is not None else {}),
-        }
+        refusal = self.server.refusal(server_round)
+        if refusal is not None:
+            raise PrivacyBudgetExhausted(refusal)
+        public = self.server.announced(rounds=self.num_rounds)
         round_config = ConfigRecord({**dict(config), **public})
         offered = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
         if not offered:
             return []
         nodes = {str(node): node for node in grid.get_node_ids()}
-        sampled = sample_poisson(nodes, rate=self.sample_rate, rng=self._sample_rng)
+        sampled = self.server.sample(nodes)
         template = offered[0]
         self._rounds[server_round] = _Round(arrays, template, len(sampled))
         return [
@@ -284,32 +292,13 @@ class FedlabDpFedAvg(Strategy):
         current = state.arrays.to_numpy_ndarrays()
         rules = UpdateRules.for_model(current, max_norm=self.clip_norm if self.client_clipping else None)
         kept, rejected = screen(self._reports(replies, current), rules, server_round)
-        round_clip = self.clip_norm
-        mean = noisy_mean_delta(
-            kept,
-            clip_norm=round_clip,
-            noise_multiplier=self._update_noise_multiplier(),
-            denominator=self.denominator,
-            shapes=[tuple(np.shape(a)) for a in current],
-            rng=self._noise_rng,
+        release = self.server.release(
+            kept, shapes=[tuple(np.shape(a)) for a in current], round_num=server_round
         )
         released = [
             np.asarray(w, dtype=np.asarray(c).dtype)
-            for w, c in zip(apply_delta(current, mean), current, strict=True)
+            for w, c in zip(apply_delta(current, release.delta), current, strict=True)
         ]
-        extra: dict[str, float] = {}
-        if self.adaptive is not None:
-            unclipped = noisy_unclipped_fraction(
-                [float(r.clip_indicator) for r in kept if r.clip_indicator is not None],
-                expected_clients=self.denominator,
-                count_noise_std=self.adaptive.count_noise_std,
-                rng=self._noise_rng,
-            )
-            self.adaptive = next_clip_state(self.adaptive, unclipped)
-            self.clip_norm = self.adaptive.clip_norm
-            extra["fraction-clipped"] = min(1.0, max(0.0, 1.0 - unclipped))
-        self._spent.compose(self._event)
-        self.epsilon = self._spent.epsilon(delta=self.delta)
         self._commit(server_round)
         content = RecordDict(
             {
@@ -322,11 +311,13 @@ class FedlabDpFedAvg(Strategy):
         )
         privacy = MetricRecord(
             {
-                "epsilon": self.epsilon,
-                "clip-norm": round_clip,
+                "epsilon": release.epsilon,
+                "clip-norm": release.clip_norm,
                 "clients": len(kept),
                 "rejected": sum(rejected.values()),
-                **extra,
+                **(
+                    {} if release.fraction_clipped is None else {"fraction-clipped": release.fraction_clipped}
+                ),
             }
         )
         return arrays, _merged(metrics, privacy)

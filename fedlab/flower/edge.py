@@ -58,7 +58,7 @@ from fedlab.flower.secure_client import (
 )
 from fedlab.flower.secure_transport import weights_of
 from fedlab.privacy.client_budget import ClientBudget
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import ANNOUNCED_CLIP_NORM, GaussianEvent
 from fedlab.privacy.skellam import SkellamParams
 from fedlab.secagg.errors import SecAggError, Stage
 from fedlab.training.client_runtime import CalibrationKey, ClientData, ClientRuntime
@@ -369,7 +369,7 @@ class EdgeClient:
         round_config = msg.content.config_records[CONFIG]
         server_round = int(round_config["server-round"])  # type: ignore[arg-type]
         seed = int(round_config["round-seed"])  # type: ignore[arg-type]
-        clip = round_config.get("clip-norm")
+        clip = round_config.get(ANNOUNCED_CLIP_NORM)
         self._warn_if_scaled_otherwise(settings, data, round_config.get(FEATURE_RANGE))
         with ClientBudget.open(settings.budget_path) as budget:
             device = DeviceRound(budget, settings, config, int(context.run_id), server_round)

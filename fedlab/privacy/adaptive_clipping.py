@@ -31,7 +31,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedlab.core.update import Update
 from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.privacy.secure_random import RandomStream, SecureRandom
 
 
@@ -84,6 +86,31 @@ def norm_indicator(*, update_norm: float, clip_norm: float) -> float:
     _require(update_norm, "update_norm", lambda v: v >= 0.0, "finite and >= 0")
     _require(clip_norm, "clip_norm", lambda v: v > 0.0, "finite and > 0")
     return 0.5 if update_norm <= clip_norm else -0.5
+
+
+def clip_update(update: Update, *, clip_norm: float) -> tuple[Update, float]:
+    """A central-DP client's own step: its delta clipped to C, and b_i of the norm before clipping.
+
+    The one place both fedlab's ClientApp (its train reply) and ``clipping_mod`` (a Flower
+    app's reply) clip an update for user-level DP-FedAvg.
+
+    Args:
+        update: The client's delta.
+        clip_norm: The round's clip norm C.
+
+    Returns:
+        The update scaled by min(1, C / norm), and the indicator ``norm_indicator`` gives.
+
+    Raises:
+        ValueError: If the update is not finite (it cannot be clipped) or C is not positive.
+
+    Example:
+        >>> clipped, bit = clip_update(Update((np.array([3.0, 4.0]),), 1), clip_norm=1.0)
+        >>> clipped.arrays[0].tolist(), bit
+        ([0.6000000000000001, 0.8], -0.5)
+    """
+    result = GaussianMechanism(clip_norm=clip_norm, noise_multiplier=0.0).clip(update)
+    return result.update, norm_indicator(update_norm=result.norm, clip_norm=clip_norm)
 
 
 def noisy_unclipped_fraction(

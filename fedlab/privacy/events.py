@@ -16,11 +16,14 @@ from typing import Any
 
 _FIELDS = ("noise_multiplier", "sample_rate", "steps")
 
+ANNOUNCED_CLIP_NORM = "clipping_norm"
 ANNOUNCED_NOISE_MULTIPLIER = "noise-multiplier"
 ANNOUNCED_SAMPLE_RATE = "sample-rate"
 ANNOUNCED_ROUNDS = "rounds"
-"""The train config keys of a central-DP round's public settings (z, q and the run's rounds T):
-the server announces them, a device charges its budget the run's event from them."""
+"""The train config keys of a central-DP round's public settings (the round's clip norm C, z, q
+and the run's rounds T): the server announces them, a client clips to C, a device charges its
+budget the run's event from z, q and T. The clip norm's key is Flower's own (``clipping_norm``),
+so that Flower's ``fixedclipping_mod`` clips to it too."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from fedlab.algorithms.federation import RoundPlan
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.data.types import ArrayDataset, FederatedData, check_client_index
+from fedlab.privacy.events import ANNOUNCED_CLIP_NORM
 from fedlab.training.canaries import Canaries
 
 
@@ -129,7 +130,7 @@ class CanaryClients:
         self, plan: RoundPlan, weights: Sequence[np.ndarray], client_ids: Sequence[str]
     ) -> list[TrainReport]:
         """Each planned canary's report: its direction times the round's clip norm."""
-        clip = float(plan.instructions.get("clip-norm", self._clip))
+        clip = float(plan.instructions.get(ANNOUNCED_CLIP_NORM, self._clip))
         return [self._report(cid, clip) for cid in client_ids]
 
     def _report(self, client_id: str, clip: float) -> TrainReport:

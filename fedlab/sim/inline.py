@@ -44,7 +44,7 @@ from fedlab.core.metrics import RoundObserver
 from fedlab.core.reports import RoundReplies
 from fedlab.data.federated import build_federated_data
 from fedlab.data.types import FederatedData
-from fedlab.privacy.events import GaussianEvent
+from fedlab.privacy.events import ANNOUNCED_CLIP_NORM, GaussianEvent
 from fedlab.sim.devices import DeviceProfiles, RoundOutcome, profiles_from_config, settle_round
 from fedlab.sim.hooks import InlineHooks, RewrittenReplies, TappedRecorder, WithExtraClients
 from fedlab.sim.pool import WorkerPool
@@ -178,7 +178,7 @@ class InlineTransport:
         self, plan: RoundPlan, weights: Sequence[np.ndarray], client_ids: Sequence[str]
     ) -> tuple[list[ClientOutcome], int]:
         """Train in the workers if they are up, else here; outcomes in ``client_ids`` order."""
-        clip = plan.instructions.get("clip-norm")
+        clip = plan.instructions.get(ANNOUNCED_CLIP_NORM)
         task = WorkerTask(
             round_seed=plan.seed,
             weights=tuple(np.asarray(w, dtype=np.float32) for w in weights),

@@ -21,9 +21,8 @@ from fedlab.core.config import RunConfig
 from fedlab.core.reports import TrainReport
 from fedlab.core.update import Update
 from fedlab.data.types import ArrayDataset
-from fedlab.privacy.adaptive_clipping import norm_indicator
+from fedlab.privacy.adaptive_clipping import clip_update
 from fedlab.privacy.events import GaussianEvent
-from fedlab.privacy.mechanisms import GaussianMechanism
 from fedlab.training.device import resolve_device
 from fedlab.training.local import (
     DpSgdSpec,
@@ -110,11 +109,8 @@ def client_report(
     dp = config.dp
     update, indicator = result.update, None
     if dp.central:
-        bound = dp.clip_norm if clip_norm is None else clip_norm
-        clipped = GaussianMechanism(clip_norm=bound, noise_multiplier=0.0).clip(update)
-        update = clipped.update
-        if dp.adaptive_clipping:
-            indicator = norm_indicator(update_norm=clipped.norm, clip_norm=bound)
+        update, bit = clip_update(update, clip_norm=dp.clip_norm if clip_norm is None else clip_norm)
+        indicator = bit if dp.adaptive_clipping else None
     if dp.user_level:
         update = Update(arrays=update.arrays, num_examples=0, weight=1.0)
     return TrainReport(

@@ -209,7 +209,7 @@ def test_available_clients_are_the_discovered_nodes_connected_now(clock: FakeClo
 def test_a_round_sends_each_planned_client_the_model_and_the_round_config(clock: FakeClock) -> None:
     grid = fleet_of(clock)
     transport = FlowerTransport(grid, NODES, timeout=TIMEOUT)
-    replies = transport.train(plan("b", "d", **{"clip-norm": 0.75}), WEIGHTS)
+    replies = transport.train(plan("b", "d", **{"clipping_norm": 0.75}), WEIGHTS)
 
     assert grid.to(11) == [] and grid.to(13) == []  # not planned: not asked
     for node in (12, 14):
@@ -219,7 +219,9 @@ def test_a_round_sends_each_planned_client_the_model_and_the_round_config(clock:
         for got, want in zip(sent, WEIGHTS, strict=True):
             np.testing.assert_array_equal(got, want)
         config = msg.content.config_records[CONFIG]
-        assert config["round-seed"] == 1234 and config["server-round"] == 3 and config["clip-norm"] == 0.75
+        assert (
+            config["round-seed"] == 1234 and config["server-round"] == 3 and config["clipping_norm"] == 0.75
+        )
 
     reports = reports_by_client(replies)
     assert sorted(reports) == ["b", "d"]

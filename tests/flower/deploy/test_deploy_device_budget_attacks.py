@@ -124,7 +124,7 @@ def test_a_central_round_is_charged_the_whole_run_once(tmp_path):
         dp={"mode": "central", "noise_multiplier": z, "clip_norm": 1.0, "delta": 1e-5},
         server={"fraction_train": q},
     )
-    values = {"clip-norm": 1.0, "noise-multiplier": z, "sample-rate": q, "rounds": float(rounds)}
+    values = {"clipping_norm": 1.0, "noise-multiplier": z, "sample-rate": q, "rounds": float(rounds)}
     whole_run = rdp_epsilon(z, q, rounds, 1e-5)
     assert whole_run >= epsilon_of([GaussianEvent(noise_multiplier=z, sample_rate=q, steps=rounds)],
                                    delta=1e-5, accountant="pld")  # fmt: skip
@@ -169,7 +169,7 @@ def test_a_server_understating_q_is_caught_by_the_devices_participation_count(tm
         dp={"mode": "central", "noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1e-5},
         server={"fraction_train": 0.01},
     )
-    values = {"clip-norm": 1.0, "noise-multiplier": 1.0, "sample-rate": 0.01, "rounds": float(rounds)}
+    values = {"clipping_norm": 1.0, "noise-multiplier": 1.0, "sample-rate": 0.01, "rounds": float(rounds)}
     client, context = device(central, data, tmp_path / "state", max_epsilon=8.0)
     answered = [client.train(train_message(central, r, **values), context) for r in range(1, 14)]
     trained = [r for r, reply in enumerate(answered, 1) if not reply.has_error()]
