@@ -103,12 +103,14 @@ def client_report(
     * ``central``: the delta clipped to the round's clip norm (``clip_norm``, sent by the server
       under adaptive clipping, else ``dp.clip_norm``); under adaptive clipping also the indicator
       b_i (+-0.5: was the norm within it), which the server noises; no example or step count.
+      A delta whose norm is not finite (training diverged) cannot be clipped: it goes as it is,
+      without an indicator, and the server's screen rejects it, as it does in every other mode.
     * ``distributed``: the delta (it is clipped, noised and masked before it leaves); no counts.
     * No DP: the delta, the loss, the example and step counts.
     """
     dp = config.dp
     update, indicator = result.update, None
-    if dp.central:
+    if dp.central and math.isfinite(update.l2_norm()):
         update, bit = clip_update(update, clip_norm=dp.clip_norm if clip_norm is None else clip_norm)
         indicator = bit if dp.adaptive_clipping else None
     if dp.user_level:

@@ -120,6 +120,21 @@ def test_adaptive_clipping_moves_the_bound_and_keeps_the_budget(tmp_path):
     assert summary["epsilon_user"] == pytest.approx(expected, rel=1e-6), "the count noise is inside z"
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed-clip", "adaptive-clip"])
+def test_a_client_whose_training_diverges_is_rejected_and_the_run_goes_on(tmp_path, caplog, adaptive):
+    # lr 1e38 drives every client's delta to NaN or infinity: nothing to clip on the client, so it
+    # goes unclipped and the server's screen rejects it; the run ends normally and commits its rounds.
+    extra = {"adaptive_clipping": True, "clipped_count_stddev": 2.0} if adaptive else {}
+    config = central_config(noise_multiplier=1.0, rounds=2, lr=1e38, **extra)
+    config = config.replace(train=config.train.__class__(local_epochs=5, batch_size=16, lr=1e38))
+    summary = simulate_inline(config, tmp_path / "run", SilentObserver())
+    assert summary["rounds_completed"] == 2 and summary["stopped_because"] == "completed all rounds"
+    assert "(non_finite)" in caplog.text
+    with PrivacyLedger.open(tmp_path / "run" / "ledger.sqlite") as ledger:
+        assert ledger.last_round() == 2
+    assert all(np.isfinite(w).all() for w in weights(tmp_path / "run" / "model.npz"))
+
+
 def test_poisson_sampling_has_the_right_mean_and_is_seeded():
     ids = [str(i) for i in range(10_000)]
     a = sample_poisson(ids, rate=0.1, rng=np.random.default_rng(0))
