@@ -27,8 +27,9 @@ def data_split(
 ) -> None:
     """Split the data set as a simulation would (IID, Dirichlet, ...) and write one CSV per client.
 
-    Features are written as the server loads them (so scaled like its test set), labels as the
-    task's class numbers; the server's held-out test set is not written.
+    Features are written as the server loads them (so scaled like its test set).
+
+    Labels are the task's class numbers; the server's held-out test set is not written.
     """
     from fedlab.data.export import write_client_files
     from fedlab.data.federated import build_federated_data
